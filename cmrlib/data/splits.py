@@ -1,0 +1,97 @@
+"""Patient-level splits, seeded, written once to ``splits.json`` and read by every later notebook.
+
+Sets: ``train`` (the generators' training patients = privacy members), ``holdout`` (same domains, never trained
+on = privacy non-members), ``test`` (in-domain evaluation), and ``cross_<domain>`` for every other domain.
+Test and holdout patients are drawn first, balanced over the training domains, so changing the number of training
+patients (the limited-data knob) never moves a test or holdout patient, and smaller training sets are nested in
+larger ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .records import write_json
+
+IN_DOMAIN = ("train", "holdout", "test")
+
+
+def _round_robin(groups: list[list[str]]) -> list[str]:
+    out: list[str] = []
+    for i in range(max((len(g) for g in groups), default=0)):
+        out.extend(g[i] for g in groups if i < len(g))
+    return out
+
+
+def make_splits(
+    meta: pd.DataFrame,
+    *,
+    seed: int,
+    train_domains: list[str],
+    n_train: int,
+    n_holdout: int,
+    n_test: int,
+    cross_domains: list[str] | None = None,
+    n_cross: int | None = None,
+) -> dict:
+    """Assign patients to sets; returns the content of ``splits.json``."""
+    domains = sorted(set(meta["domain"]))
+    missing = [d for d in train_domains if d not in domains]
+    if missing:
+        raise ValueError(f"data.train_domains {missing} not in the data (domains present: {domains})")
+    cross = [d for d in domains if d not in train_domains] if cross_domains is None else list(cross_domains)
+    missing = [d for d in cross if d not in domains]
+    if missing:
+        raise ValueError(f"data.cross_domains {missing} not in the data (domains present: {domains})")
+
+    rng = np.random.default_rng(seed)
+    patients_of = {d: sorted(set(meta.loc[meta["domain"] == d, "patient"])) for d in domains}
+    order = _round_robin([list(rng.permutation(patients_of[d])) for d in train_domains])
+    needed = n_test + n_holdout + n_train
+    if needed > len(order):
+        raise ValueError(
+            f"data: n_test_patients + n_holdout_patients + n_train_patients = {n_test} + {n_holdout} + {n_train} = "
+            f"{needed}, but the training domains {train_domains} have only {len(order)} patients; lower them or add data"
+        )
+    sets = {
+        "test": sorted(order[:n_test]),
+        "holdout": sorted(order[n_test : n_test + n_holdout]),
+        "train": order[n_test + n_holdout : needed],  # in draw order: the first k are the k-patient training set
+    }
+    for d in cross:
+        chosen = list(rng.permutation(patients_of[d]))
+        sets[f"cross_{d}"] = sorted(chosen[:n_cross] if n_cross else chosen)
+    return {"seed": seed, "train_domains": list(train_domains), "cross_domains": cross, "sets": sets}
+
+
+def assign(meta: pd.DataFrame, splits: dict) -> pd.Series:
+    """The split of every metadata row ("" for patients in no set)."""
+    of_patient = {p: name for name, patients in splits["sets"].items() for p in patients}
+    return meta["patient"].map(of_patient).fillna("")
+
+
+def check_disjoint(splits: dict) -> None:
+    seen: dict[str, str] = {}
+    for name, patients in splits["sets"].items():
+        for p in patients:
+            if p in seen:
+                raise ValueError(f"patient {p} is in both {seen[p]!r} and {name!r}")
+            seen[p] = name
+
+
+def save_splits(path: str | Path, splits: dict) -> Path:
+    check_disjoint(splits)
+    return write_json(path, splits)
+
+
+def load_splits(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: it is written by the notebook 00_data; run it first")
+    splits = json.loads(path.read_text())
+    check_disjoint(splits)
+    return splits

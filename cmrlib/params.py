@@ -1,0 +1,155 @@
+"""Run configurations: ``params/<name>.yaml`` validated by a schema.
+
+An unknown key, a wrong type or a missing path is a :class:`ParamsError` that names the file and the key.
+Single keys are overridden with ``key.sub=value`` strings (``--set`` on the command line); values are parsed as
+YAML, so ``--set data.train_domains=[A,B]`` works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .paths import project_root
+
+
+class ParamsError(ValueError):
+    """A params file (or override) that does not match the schema; the message names file, key and fix."""
+
+
+class _Section(BaseModel):
+    # strict: a string where a number is expected is an error, not silently converted
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class PhantomParams(_Section):
+    """The embedded procedural data set (``cmrlib.data.phantom``)."""
+
+    domains: list[str] = Field(default=["A", "B", "C", "D"], min_length=1)
+    patients_per_domain: int = Field(default=16, ge=1)
+    slices_per_volume: int = Field(default=8, ge=3, description="short-axis slices from base to apex")
+    field_of_view_mm: float = Field(default=200.0, gt=0)
+
+
+class DataParams(_Section):
+    source: Literal["phantom"] = "phantom"
+    root: str | None = Field(default=None, description="data folder of a real source; relative to the repository")
+    image_size: int = Field(default=64, ge=16, description="output side in pixels (64 on a CPU, 128 for the paper)")
+    crop_mm: float = Field(default=180.0, gt=0, description="side of the square crop around the heart")
+    spacing_mm: float = Field(default=1.5, gt=0, description="common in-plane spacing before cropping")
+    intensity_percentiles: list[float] = Field(default=[1.0, 99.9], min_length=2, max_length=2, description="per-volume percentiles mapped to -1 and 1")
+    phases: list[Literal["ED", "ES"]] = Field(default=["ED", "ES"], min_length=1)
+    train_domains: list[str] = Field(default=["A", "B"], min_length=1)
+    cross_domains: list[str] | None = Field(default=None, description="cross-domain test sets; null: every other domain")
+    n_train_patients: int = Field(default=16, ge=1, description="the limited-data knob: the generators' training patients")
+    n_holdout_patients: int = Field(default=8, ge=1, description="same-distribution non-members for the privacy attacks")
+    n_test_patients: int = Field(default=8, ge=1, description="in-domain test patients")
+    n_cross_patients: int | None = Field(default=None, ge=1, description="patients per cross-domain set; null: all")
+    phantom: PhantomParams = PhantomParams()
+
+    @field_validator("root")
+    @classmethod
+    def _resolve_root(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(os.path.expandvars(value)).expanduser()
+        return str(path if path.is_absolute() else (project_root() / path).resolve())
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> "DataParams":
+        low, high = self.intensity_percentiles
+        if not 0 <= low < high <= 100:
+            raise ValueError(f"intensity_percentiles must satisfy 0 <= low < high <= 100, got {list(self.intensity_percentiles)}")
+        if self.source != "phantom":
+            if self.root is None:
+                raise ValueError(f"data.root is required for data.source={self.source!r}: set it in the file or with --set data.root=PATH")
+            if not Path(self.root).exists():
+                raise ValueError(f"data.root {self.root} does not exist (data.source={self.source!r})")
+        overlap = set(self.train_domains) & set(self.cross_domains or [])
+        if overlap:
+            raise ValueError(f"domains {sorted(overlap)} are in both train_domains and cross_domains")
+        return self
+
+
+class StudyParams(_Section):
+    run_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="names the run folder runs/<run_name>/")
+    seed: int = 0
+    data: DataParams = DataParams()
+
+    def digest(self) -> str:
+        """A short hash of every value: two runs with the same digest were made with the same params."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_yaml(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+        os.replace(tmp, path)
+        return path
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], source: str = "--set") -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``a.b.c=value`` applied; the value is parsed as YAML."""
+    out = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+    for item in overrides:
+        if "=" not in item:
+            raise ParamsError(f"{source} {item!r}: expected KEY=VALUE, for example data.n_train_patients=10")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ParamsError(f"{source} {item!r}: empty key part in {key!r}")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ParamsError(f"{source} {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    return out
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        section: Any = model
+        for part in err["loc"][:-1]:
+            field = section.model_fields.get(str(part)) if isinstance(section, type) else None
+            section = field.annotation if field is not None else None
+        valid = sorted(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else []
+        return f"unknown key {loc!r}" + (f" (valid keys here: {', '.join(valid)})" if valid else "")
+    if err["type"] == "missing":
+        return f"missing key {loc!r}"
+    return f"{loc}: {err['msg']} (got {err.get('input')!r})" if loc else f"{err['msg']}"
+
+
+def validate(raw: Any, source: str = "<params>") -> StudyParams:
+    """Validate plain data against :class:`StudyParams`; ``source`` (a file name) is named in every error."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of keys to values at the top level, got {type(raw).__name__}")
+    try:
+        return StudyParams.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n".join(f"  - {_describe(e, StudyParams)}" for e in exc.errors())
+        raise ParamsError(f"{source}: invalid params:\n{problems}") from None
+
+
+def load(path: str | Path, overrides: Sequence[str] = ()) -> StudyParams:
+    """Read, override and validate a params file."""
+    path = Path(path)
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.name for p in (project_root() / "params").glob("*.yaml")))
+        raise ParamsError(f"params file {path} not found (shipped configurations in params/: {shipped})")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
+    return validate(apply_overrides(raw, overrides) if overrides else raw, source)

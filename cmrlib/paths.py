@@ -1,0 +1,106 @@
+"""Where things live: the project root, the runs folder and the documented layout of one run folder.
+
+Every notebook reads and writes through :class:`RunPaths`, so a later notebook finds an earlier one's artefacts
+at the documented place and never relies on another notebook's variables.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+RUNS_ENV = "CMRLIB_RUNS_DIR"
+
+
+def project_root() -> Path:
+    """The repository that holds ``cmrlib/`` (the package is installed in editable mode by the Makefile)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").exists():
+        raise RuntimeError(
+            f"cmrlib is not imported from its repository ({root} has no pyproject.toml); install it with "
+            "`pip install -e .` from the repository, or set the environment variable "
+            f"{RUNS_ENV} to the folder that should hold run folders."
+        )
+    return root
+
+
+def notebooks_dir() -> Path:
+    return project_root() / "notebooks"
+
+
+def runs_root() -> Path:
+    """``$CMRLIB_RUNS_DIR`` if set, else ``<repository>/runs``."""
+    env = os.environ.get(RUNS_ENV)
+    return Path(env).expanduser().resolve() if env else project_root() / "runs"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The layout of ``runs/<run name>/``. Attributes are paths; folders are created on first use."""
+
+    root: Path
+
+    @classmethod
+    def for_run(cls, run_name: str, runs_dir: str | Path | None = None) -> "RunPaths":
+        return cls(Path(runs_dir).resolve() / run_name if runs_dir else runs_root() / run_name)
+
+    # files at the top of the run folder
+    @property
+    def params(self) -> Path:
+        """The resolved params (YAML file plus command-line overrides) this run was made with."""
+        return self.root / "params.yaml"
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def splits(self) -> Path:
+        """Patient-level splits, written by ``00_data`` and read by every later notebook."""
+        return self.root / "splits.json"
+
+    # folders
+    def _dir(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def data(self) -> Path:
+        """Processed slices (``slices.npz``), their metadata (``metadata.csv``) and skipped-case reports."""
+        return self._dir("data")
+
+    @property
+    def notebooks(self) -> Path:
+        """Executed copies of the notebooks."""
+        return self._dir("notebooks")
+
+    @property
+    def figures(self) -> Path:
+        return self._dir("figures")
+
+    @property
+    def tables(self) -> Path:
+        return self._dir("tables")
+
+    @property
+    def metrics(self) -> Path:
+        return self._dir("metrics")
+
+    @property
+    def checkpoints(self) -> Path:
+        return self._dir("checkpoints")
+
+    @property
+    def samples(self) -> Path:
+        return self._dir("samples")
+
+    def require(self, path: Path, made_by: str) -> Path:
+        """Return ``path`` if it exists, else fail with the stage that makes it."""
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} does not exist: it is written by the notebook {made_by}. Run it first, e.g. "
+                f"`python -m cmrlib.study run {self.params} --only {made_by}`."
+            )
+        return path

@@ -1,0 +1,29 @@
+"""Saving what the notebooks show: figures as PNG and PDF, tables as CSV, Markdown and LaTeX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+
+def save_figure(fig: plt.Figure, folder: str | Path, name: str, dpi: int = 150) -> list[Path]:
+    """Write ``<name>.png`` and ``<name>.pdf`` into ``folder``; returns both paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=dpi, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    return paths
+
+
+def save_table(table: pd.DataFrame, folder: str | Path, name: str, *, index: bool = True, float_format: str = "%.3f") -> list[Path]:
+    """Write ``<name>.csv``, ``<name>.md`` and ``<name>.tex`` into ``folder``; returns the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.csv", folder / f"{name}.md", folder / f"{name}.tex"]
+    table.to_csv(paths[0], index=index)
+    paths[1].write_text(table.to_markdown(index=index, floatfmt=float_format.lstrip("%")) + "\n")
+    paths[2].write_text(table.to_latex(index=index, float_format=lambda v: float_format % v))
+    return paths

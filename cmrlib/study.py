@@ -1,0 +1,248 @@
+"""The study runner: executes the numbered notebooks in order with papermill.
+
+    python -m cmrlib.study run params/default.yaml [--only NAME] [--from NAME] [--force] [--set key=value]
+
+Each notebook gets two parameters, ``params_path`` (the resolved params written to ``runs/<run>/params.yaml``) and
+``run_dir``; its executed copy goes to ``runs/<run>/notebooks/``. ``runs/<run>/run.json`` records versions, the git
+commit, the params digest and, per stage, its status, wall time and the kernel's peak memory. A stage is skipped
+when its fingerprint (params, notebook, cmrlib version and source, and the previous stage's fingerprint) is the
+one recorded and its outputs exist, unless ``--force``. The runner stops at the first failing notebook and names
+it, the failing cell and the error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import multiprocessing
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__, params as params_mod
+from .data.records import write_json
+from .paths import RunPaths, notebooks_dir, project_root
+
+KERNEL = "cmrlib"
+PARAMETERS = ("params_path", "run_dir")
+
+# Outputs a stage must leave (relative to the run folder) besides its executed notebook; checked before skipping.
+STAGE_OUTPUTS: dict[str, list[str]] = {
+    "00_data": ["splits.json", "data/slices.npz", "data/metadata.csv"],
+}
+
+VERSIONED = ("torch", "diffusers", "monai", "accelerate", "numpy", "pandas", "papermill", "scikit-learn", "scipy")
+
+
+class StageFailed(RuntimeError):
+    """A notebook failed; the message names the stage, the cell and the error."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    notebook: Path
+
+    @property
+    def outputs(self) -> list[str]:
+        return STAGE_OUTPUTS.get(self.name, []) + [f"notebooks/{self.notebook.name}"]
+
+
+def discover_stages(folder: Path | None = None) -> list[Stage]:
+    """The numbered notebooks (``NN_name.ipynb``) in order."""
+    folder = folder or notebooks_dir()
+    return [Stage(p.stem, p) for p in sorted(folder.glob("[0-9][0-9]_*.ipynb"))]
+
+
+def _sha(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def source_digest() -> str:
+    """A hash of cmrlib's source, so that a code change re-runs the stages."""
+    package = Path(__file__).resolve().parent
+    files = sorted(package.rglob("*.py"))
+    return _sha(*(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes() for f in files))
+
+
+def fingerprints(stages: list[Stage], params: params_mod.StudyParams) -> dict[str, str]:
+    """Each stage's fingerprint, chained so that a change upstream re-runs everything after it."""
+    out, previous = {}, ""
+    base = _sha(params.digest(), __version__, source_digest())
+    for stage in stages:
+        previous = out[stage.name] = _sha(base, stage.notebook.read_bytes(), previous)
+    return out
+
+
+def _git_commit() -> dict:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=project_root(), capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return {"commit": None, "dirty": None}
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version(), "platform": platform.platform(), "cmrlib": __version__}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _check_kernel(kernel: str) -> None:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(kernel)
+    except NoSuchKernel:
+        raise StageFailed(
+            f"Jupyter kernel {kernel!r} is not installed: run `make install`, or in your environment "
+            f"`python -m ipykernel install --sys-prefix --name {kernel}`"
+        ) from None
+
+
+def _execute(notebook: str, output: str, parameters: dict, cwd: str, kernel: str, queue) -> None:
+    """Worker process: run one notebook; report the kernel's peak memory or the failing cell."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        papermill.execute_notebook(notebook, output, parameters=parameters, kernel_name=kernel, cwd=cwd, progress_bar=True)
+        result: dict = {"ok": True}
+    except PapermillExecutionError as exc:
+        result = {"ok": False, "cell": exc.exec_count, "source": exc.source, "error": f"{exc.ename}: {exc.evalue}"}
+    except Exception as exc:  # the kernel died, the notebook is unreadable, ...
+        result = {"ok": False, "cell": None, "source": "", "error": f"{type(exc).__name__}: {exc}"}
+    # the kernel is this process's child: its peak resident memory (kB on Linux)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    queue.put(result)
+
+
+def execute_stage(stage: Stage, paths: RunPaths, kernel: str = KERNEL) -> dict:
+    """Run one notebook in a fresh process (so its memory is measured alone); raise StageFailed on error."""
+    output = paths.notebooks / stage.notebook.name
+    parameters = {"params_path": str(paths.params), "run_dir": str(paths.root)}
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    start = time.perf_counter()
+    worker = ctx.Process(target=_execute, args=(str(stage.notebook), str(output), parameters, str(stage.notebook.parent), kernel, queue))
+    worker.start()
+    result = queue.get()
+    worker.join()
+    result["wall_s"] = round(time.perf_counter() - start, 2)
+    if not result["ok"]:
+        cell = f" in cell [{result['cell']}] of the executed copy" if result["cell"] is not None else ""
+        code = "\n".join("    " + line for line in (result["source"] or "").splitlines()[:8])
+        raise StageFailed(
+            f"stage {stage.name} failed{cell}: {result['error']}\n"
+            + (f"  the cell:\n{code}\n" if code else "")
+            + f"  full traceback in the executed notebook {output}"
+        )
+    return result
+
+
+def _select(stages: list[Stage], only: Sequence[str], start: str | None) -> list[Stage]:
+    names = [s.name for s in stages]
+    for name in [*only, *([start] if start else [])]:
+        if name not in names:
+            raise StageFailed(f"no stage {name!r}; stages: {', '.join(names)}")
+    if only:
+        return [s for s in stages if s.name in only]
+    if start:
+        return stages[names.index(start):]
+    return stages
+
+
+def run(
+    params_file: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    only: Sequence[str] = (),
+    start: str | None = None,
+    force: bool = False,
+    runs_dir: str | Path | None = None,
+    kernel: str = KERNEL,
+    stages: list[Stage] | None = None,
+    echo=print,
+) -> dict:
+    """Run (or resume) the study; returns the content of run.json."""
+    params = params_mod.load(params_file, overrides)
+    stages = stages if stages is not None else discover_stages()
+    selected = _select(stages, only, start)
+    fps = fingerprints(stages, params)
+    paths = RunPaths.for_run(params.run_name, runs_dir)
+    params.to_yaml(paths.params)
+    record = {}
+    if paths.run_json.exists():
+        record = json.loads(paths.run_json.read_text())
+    record.update(
+        run_name=params.run_name, params_file=str(Path(params_file).resolve()), overrides=list(overrides),
+        params_digest=params.digest(), git=_git_commit(), versions=_versions(),
+    )
+    record.setdefault("stages", {})
+    _check_kernel(kernel)
+    echo(f"study {params.run_name}: {len(selected)} stage(s) -> {paths.root}")
+    for i, stage in enumerate(selected, 1):
+        previous = record["stages"].get(stage.name, {})
+        unchanged = previous.get("status") == "done" and previous.get("fingerprint") == fps[stage.name]
+        if unchanged and not force and all((paths.root / o).exists() for o in stage.outputs):
+            echo(f"[{i}/{len(selected)}] {stage.name}: unchanged, skipped (use --force to re-run)")
+            continue
+        echo(f"[{i}/{len(selected)}] {stage.name}: running")
+        entry = {"status": "running", "fingerprint": fps[stage.name], "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "notebook": f"notebooks/{stage.notebook.name}"}
+        record["stages"][stage.name] = entry
+        write_json(paths.run_json, record)
+        try:
+            result = execute_stage(stage, paths, kernel)
+        except StageFailed:
+            entry["status"] = "failed"
+            write_json(paths.run_json, record)
+            raise
+        entry.update(status="done", wall_s=result["wall_s"], peak_rss_mb=round(result["peak_rss_mb"], 1))
+        write_json(paths.run_json, record)
+        echo(f"[{i}/{len(selected)}] {stage.name}: done in {result['wall_s']:.1f} s, peak memory {result['peak_rss_mb']:.0f} MB")
+    total = sum(s.get("wall_s", 0.0) for s in record["stages"].values())
+    echo(f"study {params.run_name}: finished; stage wall time in total {total:.1f} s; record in {paths.run_json}")
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cmrlib.study", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="execute the notebooks with a params file")
+    p.add_argument("params", help="params YAML file, e.g. params/default.yaml")
+    p.add_argument("--only", action="append", default=[], metavar="NAME", help="run only this stage (repeatable)")
+    p.add_argument("--from", dest="start", metavar="NAME", help="run this stage and every later one")
+    p.add_argument("--force", action="store_true", help="re-run stages even when unchanged")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a params key (repeatable)")
+    p.add_argument("--runs-dir", help="folder for run folders (default: $CMRLIB_RUNS_DIR or <repository>/runs)")
+    p.add_argument("--kernel", default=KERNEL, help=f"Jupyter kernel that runs the notebooks (default {KERNEL})")
+    args = parser.parse_args(argv)
+    try:
+        run(args.params, args.overrides, only=args.only, start=args.start, force=args.force, runs_dir=args.runs_dir, kernel=args.kernel)
+    except (StageFailed, params_mod.ParamsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+from pathlib import Path
+
+import pytest
+
+from cmrlib.params import StudyParams
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def small_params() -> StudyParams:
+    """A small phantom configuration (fast to build)."""
+    return StudyParams.model_validate(
+        {
+            "run_name": "test",
+            "seed": 3,
+            "data": {
+                "image_size": 48,
+                "n_train_patients": 4,
+                "n_holdout_patients": 2,
+                "n_test_patients": 2,
+                "phantom": {"patients_per_domain": 5, "slices_per_volume": 6},
+            },
+        }
+    )

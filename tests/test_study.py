@@ -1,0 +1,112 @@
+"""The study runner and the notebooks: hygiene, failure report, skipping, and the smoke run of every notebook."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from cmrlib import study
+from cmrlib.data import SliceSet
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+def make_notebook(folder: Path, name: str, body: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": study.KERNEL, "display_name": "Python (cmrlib)", "language": "python"}
+    params = nbformat.v4.new_code_cell('params_path = ""\nrun_dir = ""')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, folder / f"{name}.ipynb")
+    return folder / f"{name}.ipynb"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_has_one_parameters_cell_and_no_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    for name in study.PARAMETERS:
+        assert f"{name} =" in tagged[0].source
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+    assert nb.metadata["kernelspec"]["name"] == study.KERNEL
+
+
+def test_stages_are_the_numbered_notebooks_in_order():
+    names = [s.name for s in study.discover_stages()]
+    assert names == sorted(names) and names[0] == "00_data"
+
+
+def test_failure_report_names_stage_cell_and_error(tmp_path):
+    folder = tmp_path / "nbs"
+    make_notebook(folder, "00_ok", "x = 1")
+    make_notebook(folder, "10_broken", "raise ValueError('the data root is wrong')")
+    make_notebook(folder, "20_never", "open('should-not-run', 'w')")
+    with pytest.raises(study.StageFailed) as err:
+        study.run(REPO / "params/smoke.yaml", runs_dir=tmp_path / "runs", stages=study.discover_stages(folder), echo=lambda *_: None)
+    message = str(err.value)
+    assert "10_broken" in message and "ValueError: the data root is wrong" in message
+    assert "cell [3]" in message  # execution count in the executed copy (after papermill's injected parameters)
+    assert "raise ValueError('the data root is wrong')" in message
+    record = json.loads((tmp_path / "runs/smoke/run.json").read_text())
+    assert record["stages"]["00_ok"]["status"] == "done"
+    assert record["stages"]["10_broken"]["status"] == "failed"
+    assert "20_never" not in record["stages"]
+    assert (tmp_path / "runs/smoke/notebooks/10_broken.ipynb").exists()  # the executed copy with the traceback
+
+
+def test_unknown_stage_is_an_error():
+    with pytest.raises(study.StageFailed, match="no stage 'nope'"):
+        study.run(REPO / "params/smoke.yaml", only=["nope"], echo=lambda *_: None)
+
+
+def test_fingerprints_chain_changes_downstream(tmp_path):
+    from cmrlib import params
+
+    folder = tmp_path / "nbs"
+    first = make_notebook(folder, "00_a", "x = 1")
+    make_notebook(folder, "10_b", "y = 2")
+    stages = study.discover_stages(folder)
+    p = params.load(REPO / "params/smoke.yaml")
+    before = study.fingerprints(stages, p)
+    assert before == study.fingerprints(stages, p)
+    make_notebook(folder, "00_a", "x = 3")
+    after = study.fingerprints(stages, p)
+    assert after["00_a"] != before["00_a"] and after["10_b"] != before["10_b"]
+    assert study.fingerprints(stages, params.load(REPO / "params/smoke.yaml", ["seed=1"]))["00_a"] != before["00_a"]
+    assert first.exists()
+
+
+def test_smoke_study_runs_every_notebook_then_skips_unchanged_stages(tmp_path):
+    """The smoke run of all notebooks (the README's main command with params/smoke.yaml)."""
+    runs = tmp_path / "runs"
+    log: list[str] = []
+    record = study.run(REPO / "params/smoke.yaml", runs_dir=runs, echo=log.append)
+    run_dir = runs / "smoke"
+    assert [s.name for s in study.discover_stages()] == list(record["stages"])
+    for name, entry in record["stages"].items():
+        assert entry["status"] == "done", name
+        assert entry["wall_s"] > 0 and entry["peak_rss_mb"] > 50
+        assert (run_dir / "notebooks" / f"{name}.ipynb").exists()
+    assert record["params_digest"] and record["versions"]["torch"]
+    slices = SliceSet.load(run_dir / "data")
+    assert len(slices) > 0 and (run_dir / "splits.json").exists()
+    for fig in ("data_examples", "data_intensity_histograms"):
+        assert (run_dir / "figures" / f"{fig}.png").exists() and (run_dir / "figures" / f"{fig}.pdf").exists()
+
+    log.clear()
+    study.run(REPO / "params/smoke.yaml", runs_dir=runs, echo=log.append)
+    assert all("skipped" in line for line in log if line.startswith("["))
+    log.clear()
+    study.run(REPO / "params/smoke.yaml", runs_dir=runs, only=["00_data"], force=True, echo=log.append)
+    assert any("00_data: done" in line for line in log)
+
+
+def test_cli_reports_params_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run_name: x\ndata:\n  sauce: phantom\n")
+    assert study.main(["run", str(bad)]) == 1
+    assert "unknown key 'data.sauce'" in capsys.readouterr().err
