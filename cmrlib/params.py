@@ -38,9 +38,31 @@ class PhantomParams(_Section):
     field_of_view_mm: float = Field(default=200.0, gt=0)
 
 
+# what data.root must hold, per real source (the loaders in cmrlib.data say more)
+_LAYOUTS = {
+    "acdc": "ACDC's patientNNN/patientNNN_frameMM.nii.gz, _gt.nii.gz and Info.cfg",
+    "acdc_h5": "ACDC's preprocessed data/patientNNN_frameMM.h5 and/or data/slices/*.h5",
+    "mnms": "M&Ms' <code>/<code>_sa.nii.gz, _sa_gt.nii.gz and the information CSV, or images/, labels/, manifest.csv",
+    "nifti": "NIfTI image/label pairs and the case list named by data.csv",
+}
+
+
 class DataParams(_Section):
-    source: Literal["phantom"] = "phantom"
+    source: Literal["phantom", "acdc", "acdc_h5", "mnms", "nifti"] = Field(
+        default="phantom", description="phantom (embedded), acdc (official NIfTI), acdc_h5 (preprocessed HDF5), "
+        "mnms (M&Ms, 4D or per-frame NIfTI), nifti (a folder of NIfTI pairs listed in data.csv)")
     root: str | None = Field(default=None, description="data folder of a real source; relative to the repository")
+    on_bad_case: Literal["error", "skip"] = Field(
+        default="error", description="a corrupt or inconsistent case: stop naming the file (error), or leave it out, "
+        "log it and list it in data/skipped_cases.csv (skip)")
+    assumed_spacing_mm: float | None = Field(
+        default=None, gt=0, description="in-plane spacing assumed where the files store none (acdc_h5); "
+        "null: such pixels are taken at spacing_mm (no resampling)")
+    info_csv: str | None = Field(
+        default=None, description="M&Ms information CSV (code, vendor, centre, ED, ES), relative to data.root; "
+        "null: the CSV found below data.root (manifest.csv for the per-frame layout)")
+    csv: str = Field(default="cases.csv", description="case list of source nifti (patient, domain, phase, image, "
+                     "label[, frame]), relative to data.root")
     image_size: int = Field(default=64, ge=16, description="output side in pixels (64 on a CPU, 128 for the paper)")
     crop_mm: float = Field(default=180.0, gt=0, description="side of the square crop around the heart")
     spacing_mm: float = Field(default=1.5, gt=0, description="common in-plane spacing before cropping")
@@ -49,8 +71,8 @@ class DataParams(_Section):
     train_domains: list[str] = Field(default=["A", "B"], min_length=1)
     cross_domains: list[str] | None = Field(default=None, description="cross-domain test sets; null: every other domain")
     n_train_patients: int = Field(default=16, ge=1, description="the limited-data knob: the generators' training patients")
-    n_holdout_patients: int = Field(default=8, ge=1, description="same-distribution non-members for the privacy attacks")
-    n_test_patients: int = Field(default=8, ge=1, description="in-domain test patients")
+    n_holdout_patients: int = Field(default=8, ge=0, description="same-distribution non-members for the privacy attacks")
+    n_test_patients: int = Field(default=8, ge=0, description="in-domain test patients")
     n_cross_patients: int | None = Field(default=None, ge=1, description="patients per cross-domain set; null: all")
     phantom: PhantomParams = PhantomParams()
 
@@ -69,9 +91,15 @@ class DataParams(_Section):
             raise ValueError(f"intensity_percentiles must satisfy 0 <= low < high <= 100, got {list(self.intensity_percentiles)}")
         if self.source != "phantom":
             if self.root is None:
-                raise ValueError(f"data.root is required for data.source={self.source!r}: set it in the file or with --set data.root=PATH")
+                raise ValueError(f"data.root is required for data.source={self.source!r}: set it in the file or with "
+                                 f"--set data.root=PATH (the folder that holds {_LAYOUTS[self.source]})")
             if not Path(self.root).exists():
-                raise ValueError(f"data.root {self.root} does not exist (data.source={self.source!r})")
+                raise ValueError(f"data.root {self.root} does not exist (data.source={self.source!r}, expected "
+                                 f"{_LAYOUTS[self.source]})")
+            if self.source == "mnms" and self.info_csv is not None:
+                csv = Path(self.root) / self.info_csv
+                if not csv.is_file():
+                    raise ValueError(f"data.info_csv {csv} does not exist")
         overlap = set(self.train_domains) & set(self.cross_domains or [])
         if overlap:
             raise ValueError(f"domains {sorted(overlap)} are in both train_domains and cross_domains")

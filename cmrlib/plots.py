@@ -27,7 +27,7 @@ def overlay(ax: plt.Axes, image: np.ndarray, mask: np.ndarray | None = None, alp
 
 def label_legend(fig: plt.Figure) -> None:
     handles = [Patch(color=COLOURS[v], label=name) for v, name in FOREGROUND.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, 0.0))
 
 
 def examples_by_domain_phase(slices: SliceSet, positions: tuple[float, ...] = (0.0, 0.5, 1.0), seed: int = 0) -> plt.Figure:
@@ -48,8 +48,8 @@ def examples_by_domain_phase(slices: SliceSet, positions: tuple[float, ...] = (0
                     continue
                 i = rows[int(round(pos * (len(rows) - 1)))]
                 overlay(ax, slices.images[i], slices.masks[i], title=f"{domain} {phase} slice {meta.at[i, 'slice_index']}")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     label_legend(fig)
-    fig.tight_layout()
     return fig
 
 

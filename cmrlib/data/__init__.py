@@ -2,7 +2,11 @@
 
 ``prepare(params, paths)`` is what ``00_data`` calls: it builds the processed slice set from params (or reuses the
 cached one when the data params are unchanged), assigns the splits, and writes ``data/slices.npz``,
-``data/metadata.csv``, ``data/manifest.json`` and ``splits.json`` in the run folder.
+``data/metadata.csv``, ``data/manifest.json``, ``data/skipped_cases.csv`` (cases left out with
+``data.on_bad_case: skip``; empty otherwise) and ``splits.json`` in the run folder.
+
+Real sources (``acdc``, ``acdc_h5``, ``mnms``, ``nifti``) live in one small module each; their shared NIfTI reading,
+label remap and short-axis orientation helpers are in :mod:`cmrlib.data.io`.
 """
 
 from __future__ import annotations
@@ -10,20 +14,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 from typing import Callable, Iterator
 
 from tqdm.auto import tqdm
 
+import pandas as pd
+
 from ..paths import RunPaths
-from . import phantom
+from . import acdc, acdc_h5, mnms, nifti, phantom
+from .io import Case, LayoutError
 from .preprocess import concat, preprocess_volume
 from .records import BadCaseError, SliceSet, Volume, write_json
 from .splits import assign, load_splits, make_splits, save_splits
 
-__all__ = ["BadCaseError", "SliceSet", "Volume", "prepare", "load", "build_slices", "SOURCES"]
+__all__ = ["BadCaseError", "LayoutError", "SliceSet", "Volume", "prepare", "load", "build_slices", "SOURCES"]
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
+SKIPPED = "skipped_cases.csv"
 
 
 def _phantom_volumes(data, seed: int) -> Iterator[Volume]:
@@ -34,8 +43,15 @@ def _phantom_volumes(data, seed: int) -> Iterator[Volume]:
     )
 
 
-# data.source -> function(data params, seed) yielding Volumes in the canonical label convention
-SOURCES: dict[str, Callable[..., Iterator[Volume]]] = {"phantom": _phantom_volumes}
+# data.source -> function(data params, seed) yielding Volumes in the canonical label convention, or Cases (lazy
+# loaders that raise BadCaseError naming the file, so that a bad case can be skipped without stopping the source)
+SOURCES: dict[str, Callable[..., Iterator[Volume | Case]]] = {
+    "phantom": _phantom_volumes,
+    "acdc": acdc.volumes,
+    "acdc_h5": acdc_h5.volumes,
+    "mnms": mnms.volumes,
+    "nifti": nifti.volumes,
+}
 
 
 def _data_digest(params) -> str:
@@ -43,15 +59,36 @@ def _data_digest(params) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_slices(params) -> SliceSet:
-    """Read every volume of ``params.data.source`` and run it through the one preprocessing path."""
+def build_slices(params, data_dir: str | Path | None = None) -> SliceSet:
+    """Read every volume of ``params.data.source`` and run it through the one preprocessing path.
+
+    A case that raises :class:`BadCaseError` stops the build (``data.on_bad_case: error``) or is logged and left
+    out (``skip``); with ``data_dir``, the left-out cases (file, reason) are listed in ``data_dir/skipped_cases.csv``
+    (written, possibly empty, on every build so that it never describes an older one)."""
     data = params.data
-    volumes = SOURCES[data.source](data, params.seed)
-    parts = [
-        preprocess_volume(v, image_size=data.image_size, crop_mm=data.crop_mm, spacing_mm=data.spacing_mm,
-                          percentiles=data.intensity_percentiles)
-        for v in tqdm(volumes, desc=f"preprocessing {data.source} volumes", unit="vol")
-    ]
+    parts: list[SliceSet] = []
+    skipped: list[dict[str, str]] = []
+    for item in tqdm(SOURCES[data.source](data, params.seed), desc=f"preprocessing {data.source} volumes", unit="vol"):
+        where = item.source
+        try:
+            vol = item.load() if isinstance(item, Case) else item
+            where = vol.source
+            parts.append(preprocess_volume(vol, image_size=data.image_size, crop_mm=data.crop_mm,
+                                           spacing_mm=data.spacing_mm, percentiles=data.intensity_percentiles))
+        except BadCaseError as exc:
+            if data.on_bad_case == "error":
+                raise
+            file = getattr(exc, "path", where)
+            log.warning("skipping a bad case (data.on_bad_case=skip): %s", exc)
+            skipped.append({"file": str(file), "reason": str(exc)})
+    if skipped:
+        log.warning("%d case(s) skipped; see %s", len(skipped), Path(data_dir) / SKIPPED if data_dir else "the log")
+    if data_dir is not None:
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(skipped, columns=["file", "reason"]).to_csv(Path(data_dir) / SKIPPED, index=False)
+    if not parts:
+        raise ValueError(f"no slices from data.source={data.source!r}: every case was empty or skipped"
+                         + (f" (see {Path(data_dir) / SKIPPED})" if data_dir is not None else ""))
     return concat(parts)
 
 
@@ -62,7 +99,7 @@ def prepare(params, paths: RunPaths, *, force: bool = False) -> SliceSet:
     if not force and manifest_path.exists() and json.loads(manifest_path.read_text()).get("digest") == digest and paths.splits.exists():
         log.info("reusing the processed data in %s (data params unchanged)", paths.data)
         return SliceSet.load(paths.data)
-    slices = build_slices(params)
+    slices = build_slices(params, paths.data)
     d = params.data
     splits = make_splits(
         slices.meta, seed=params.seed, train_domains=d.train_domains, n_train=d.n_train_patients,

@@ -1,0 +1,49 @@
+"""A generic folder of short-axis NIfTI image/label pairs listed in a CSV (``data.csv``, default ``cases.csv``).
+
+CSV columns: ``patient``, ``domain``, ``phase`` (ED or ES), ``image``, ``label`` (paths relative to the CSV's
+folder, or absolute), and optionally ``frame`` (0-based frame of a 4D file). Labels must already be canonical
+(0 background, 1 LV, 2 MYO, 3 RV). Orientation from each image's affine; spacing from the header.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from .io import Case, LayoutError, bad, read_csv, read_pair, require_root
+from .records import Volume
+
+DATASET = "nifti"
+COLUMNS = ("patient", "domain", "phase", "image", "label")
+LAYOUT = ("NIfTI folder: expected a CSV (data.csv, default cases.csv, in data.root) with columns patient, domain, "
+          "phase, image, label (optional frame) listing NIfTI image/label pairs with canonical labels "
+          "(1 LV, 2 MYO, 3 RV)")
+
+
+def _load(row: dict[str, str], base: Path, line: int, csv: Path) -> Volume:
+    image, label = (Path(row[k]) if Path(row[k]).is_absolute() else base / row[k] for k in ("image", "label"))
+    frame_text = row.get("frame", "").strip()
+    try:
+        frame = int(frame_text) if frame_text else None
+    except ValueError as exc:
+        raise bad(csv, f"line {line}: frame {frame_text!r} is not an integer") from exc
+    img, mask, spacing = read_pair(image, label, frame=frame)
+    return Volume(image=img, mask=mask, dataset=DATASET, patient=f"{DATASET}_{row['patient']}", domain=row["domain"],
+                  phase=row["phase"], spacing=spacing, source=str(image), extra={"frame": frame})
+
+
+def volumes(data, seed: int = 0) -> Iterator[Case]:
+    root = require_root(data.root, "NIfTI folder", LAYOUT)
+    csv = Path(data.csv) if Path(data.csv).is_absolute() else root / data.csv
+    if not csv.is_file():
+        raise LayoutError(f"NIfTI folder: {csv} not found. {LAYOUT}")
+    table = read_csv(csv, "case list")
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise LayoutError(f"{csv}: missing column(s) {missing} (has {list(table.columns)}). {LAYOUT}")
+    bad_phase = sorted(set(table["phase"]) - {"ED", "ES"})
+    if bad_phase:
+        raise LayoutError(f"{csv}: phase must be ED or ES, found {bad_phase}")
+    for i, row in enumerate(table.to_dict("records")):
+        if row["phase"] in data.phases:
+            yield Case(str(csv.parent / row["image"]), lambda row=row, i=i: _load(row, csv.parent, i + 2, csv))
