@@ -106,10 +106,131 @@ class DataParams(_Section):
         return self
 
 
+# -- generators (DESIGN.md section 4) ------------------------------------------------------------------------------
+DiffusionSampler = Literal["ancestral", "ddim", "dpmsolver++"]  # cmrlib.models.diffusion.SAMPLERS
+FlowSampler = Literal["euler", "midpoint", "heun"]  # cmrlib.models.flow.SAMPLERS
+
+
+class UNetParams(_Section):
+    """The denoiser backbone shared by every arm (a diffusers UNet2DModel)."""
+
+    widths: list[int] = Field(default=[16, 32, 64, 128], min_length=2, description="channels per level; one halving per level")
+    attention: list[bool] = Field(default=[False, False, False, True], description="self-attention per level")
+    layers_per_block: int = Field(default=1, ge=1)
+    norm_groups: int = Field(default=8, ge=1)
+    head_dim: int = Field(default=32, ge=1)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "UNetParams":
+        if len(self.widths) != len(self.attention):
+            raise ValueError(f"widths {self.widths} and attention {self.attention} must have the same length")
+        return self
+
+
+class TrainParams(_Section):
+    """One training run of the shared loop (cmrlib.training); budgets are optimisation steps."""
+
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=2e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_steps: int = Field(default=100, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    ema_max_decay: float = Field(default=0.999, ge=0, lt=1, description="EMA decay ceiling; the decay warms up with the step count")
+    checkpoint_every: int = Field(default=250, ge=1)
+    keep_fractions: list[float] = Field(default=[0.25, 0.5, 1.0], min_length=1, description="checkpoints kept at these fractions of the budget")
+
+    @field_validator("keep_fractions")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in value) or value != sorted(value):
+            raise ValueError(f"keep_fractions must be increasing values in (0, 1], got {value}")
+        return value
+
+
+class ScheduleParams(_Section):
+    """The diffusion noise schedule (DDPM arm, LDM latent model, mask prior)."""
+
+    num_train_timesteps: int = Field(default=1000, ge=2)
+    beta_schedule: Literal["linear", "cosine"] = "linear"
+    beta_start: float = Field(default=1e-4, gt=0)
+    beta_end: float = Field(default=0.02, gt=0, lt=1)
+    min_snr_gamma: float | None = Field(default=5.0, gt=0, description="Min-SNR-gamma loss weighting (Hang et al. 2023); null: the simple loss")
+
+
+class DiffusionSampling(_Section):
+    sampler: DiffusionSampler = "ddim"
+    steps: int = Field(default=50, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    weights: Literal["ema", "raw"] = "ema"
+
+
+class FlowSampling(_Section):
+    sampler: FlowSampler = "midpoint"
+    steps: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    weights: Literal["ema", "raw"] = "ema"
+
+
+class MaskPriorParams(_Section):
+    """Stage 1: an unconditional diffusion model on one-hot masks, argmax at the end."""
+
+    unet: UNetParams = UNetParams()
+    schedule: ScheduleParams = ScheduleParams()
+    train: TrainParams = TrainParams()
+    sample: DiffusionSampling = DiffusionSampling()
+
+
+class DDPMParams(_Section):
+    unet: UNetParams = UNetParams()
+    schedule: ScheduleParams = ScheduleParams()
+    train: TrainParams = TrainParams()
+    sample: DiffusionSampling = DiffusionSampling()
+
+
+class AutoencoderParams(_Section):
+    widths: list[int] = Field(default=[32, 64, 64], min_length=2, description="one halving per extra level")
+    latent_channels: int = Field(default=4, ge=1)
+    kl_weight: float = Field(default=1e-4, ge=0)
+    train: TrainParams = TrainParams()
+
+
+class LDMParams(_Section):
+    autoencoder: AutoencoderParams = AutoencoderParams()
+    unet: UNetParams = UNetParams(widths=[32, 64, 128], attention=[False, False, True])
+    schedule: ScheduleParams = ScheduleParams()
+    train: TrainParams = TrainParams()
+    sample: DiffusionSampling = DiffusionSampling()
+
+
+class FMParams(_Section):
+    unet: UNetParams = UNetParams()
+    time_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    train: TrainParams = TrainParams()
+    sample: FlowSampling = FlowSampling()
+
+
+class GeneratorsParams(_Section):
+    n_synthetic: int = Field(default=256, ge=1, description="images per arm generated from stage-1 masks")
+    mask_prior: MaskPriorParams = MaskPriorParams()
+    ddpm: DDPMParams = DDPMParams()
+    ldm: LDMParams = LDMParams()
+    fm: FMParams = FMParams()
+
+    def arm(self, name: str) -> DDPMParams | LDMParams | FMParams:
+        if name not in ARMS:
+            raise ValueError(f"unknown arm {name!r}; the arms are {', '.join(ARMS)}")
+        return getattr(self, name)
+
+
+ARMS = ("ddpm", "ldm", "fm")
+
+
 class StudyParams(_Section):
     run_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="names the run folder runs/<run_name>/")
     seed: int = 0
     data: DataParams = DataParams()
+    generators: GeneratorsParams = GeneratorsParams()
 
     def digest(self) -> str:
         """A short hash of every value: two runs with the same digest were made with the same params."""

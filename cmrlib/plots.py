@@ -73,3 +73,73 @@ def split_counts(slices: SliceSet) -> pd.DataFrame:
     meta = slices.meta.assign(split=slices.meta["split"].replace("", "unused"))
     table = meta.groupby(["split", "domain"]).agg(patients=("patient", "nunique"), slices=("patient", "size"))
     return table.reset_index()
+
+
+def loss_curve(losses: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Training loss (log scale) against optimisation step, from a ``loss.csv`` of ``cmrlib.training``."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(losses["step"], losses["loss"], lw=0.8, alpha=0.5, label="loss")
+    window = max(1, len(losses) // 20)
+    ax.plot(losses["step"], losses["loss"].rolling(window, min_periods=1).mean(), lw=1.5, label=f"running mean ({window} rows)")
+    ax.set(xlabel="optimisation step", ylabel="training loss", yscale="log", title=title)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def label_map(ax: plt.Axes, mask: np.ndarray, title: str | None = None) -> None:
+    """A label map in the overlay colours on black."""
+    rgb = np.zeros(mask.shape + (3,))
+    for value, colour in COLOURS.items():
+        rgb[mask == value] = colour
+    ax.imshow(rgb, interpolation="nearest")
+    if title:
+        ax.set_title(title, fontsize=8)
+    ax.set_axis_off()
+
+
+def mask_grid(real: np.ndarray, generated: np.ndarray, n: int = 8, seed: int = 0) -> plt.Figure:
+    """Random real masks (top row) and generated masks (bottom row)."""
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 2.9), squeeze=False)
+    for row, (name, masks) in enumerate((("real", real), ("generated", generated))):
+        for col, i in enumerate(rng.choice(len(masks), size=min(n, len(masks)), replace=False)):
+            label_map(axes[row, col], masks[i], title=name if col == 0 else None)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    label_legend(fig)
+    return fig
+
+
+def class_area_histograms(real: np.ndarray, generated: np.ndarray) -> plt.Figure:
+    """Pixels per structure, real against generated masks."""
+    frames = []
+    for name, masks in (("real", real), ("generated", generated)):
+        flat = masks.reshape(len(masks), -1)
+        for value, structure in FOREGROUND.items():
+            frames.append(pd.DataFrame({"pixels": (flat == value).sum(1), "structure": structure, "masks": name}))
+    data = pd.concat(frames, ignore_index=True)
+    fig, axes = plt.subplots(1, len(FOREGROUND), figsize=(3.2 * len(FOREGROUND), 2.8))
+    for ax, structure in zip(axes, FOREGROUND.values()):
+        sns.histplot(data[data["structure"] == structure], x="pixels", hue="masks", element="step", stat="density",
+                     common_norm=False, bins=30, ax=ax)
+        ax.set_title(structure)
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid(masks: np.ndarray, images: np.ndarray, real: np.ndarray | None = None, n: int = 8, seed: int = 0, title: str = "") -> plt.Figure:
+    """Columns of: the conditioning mask, the generated image (with the mask's outline), and the real image if given."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(images), size=min(n, len(images)), replace=False)
+    rows = 3 if real is not None else 2
+    fig, axes = plt.subplots(rows, len(idx), figsize=(1.3 * len(idx), 1.4 * rows + 0.3), squeeze=False)
+    for col, i in enumerate(idx):
+        label_map(axes[0, col], masks[i], title="mask" if col == 0 else None)
+        overlay(axes[1, col], images[i], None, title="generated" if col == 0 else None)
+        axes[1, col].contour(masks[i] > 0, levels=[0.5], colors="yellow", linewidths=0.4)
+        if real is not None:
+            overlay(axes[2, col], real[i], None, title="real" if col == 0 else None)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

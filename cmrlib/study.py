@@ -37,6 +37,10 @@ PARAMETERS = ("params_path", "run_dir")
 # Outputs a stage must leave (relative to the run folder) besides its executed notebook; checked before skipping.
 STAGE_OUTPUTS: dict[str, list[str]] = {
     "00_data": ["splits.json", "data/slices.npz", "data/metadata.csv"],
+    "10_mask_prior": ["checkpoints/mask_prior/last.pt", "samples/mask_prior/masks.npz"],
+    "20_ddpm": ["checkpoints/ddpm/last.pt", "samples/ddpm/paired.npz", "samples/ddpm/synthetic.npz"],
+    "21_ldm": ["checkpoints/ldm/last.pt", "samples/ldm/paired.npz", "samples/ldm/synthetic.npz"],
+    "22_flow_matching": ["checkpoints/fm/last.pt", "samples/fm/paired.npz", "samples/fm/synthetic.npz"],
 }
 
 VERSIONED = ("torch", "diffusers", "monai", "accelerate", "numpy", "pandas", "papermill", "scikit-learn", "scipy")

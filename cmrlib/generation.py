@@ -1,0 +1,229 @@
+"""Training and sampling of the study's generators from params: what the notebooks 10 to 22 call.
+
+Checkpoints go to ``checkpoints/<model>/`` (``mask_prior``, ``ddpm``, ``ldm_autoencoder``, ``ldm``, ``fm``) and
+samples to ``samples/<arm>/``:
+
+- ``samples/mask_prior/masks.npz``: stage-1 masks (``masks`` uint8, N x H x W);
+- ``samples/<arm>/synthetic.npz``: images generated from the stage-1 masks (``images`` float32 in [-1, 1], ``masks``);
+- ``samples/<arm>/paired_step<N>.npz``: one image per real test mask (``images``, ``masks``, ``rows`` = row numbers of
+  the test slices in ``data/metadata.csv``), for each kept checkpoint (step N), the last one also as ``paired.npz``;
+- ``samples/<arm>/samples.csv``: one row per set: file, n, seed, sampler, steps, weights, checkpoint step, seconds.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import models, training
+from .models import one_hot
+from .data.records import SliceSet
+from .data import anatomy
+from .labels import NUM_CLASSES, RV
+from .params import ARMS, StudyParams, TrainParams
+from .paths import RunPaths
+
+MADE_BY = {"mask_prior": "10_mask_prior", "ddpm": "20_ddpm", "ldm": "21_ldm", "fm": "22_flow_matching"}
+
+
+def seed_for(seed: int, *names: str) -> int:
+    """A stable seed per (run seed, purpose), so that each random stream is fixed by the params alone."""
+    return (seed * 1_000_003 + zlib.crc32("/".join(names).encode())) % 2**31
+
+
+def train_config(p: TrainParams, seed: int, *names: str) -> training.TrainConfig:
+    return training.TrainConfig(
+        steps=p.steps, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, warmup_steps=p.warmup_steps,
+        grad_clip=p.grad_clip, ema_max_decay=p.ema_max_decay, checkpoint_every=p.checkpoint_every,
+        keep_fractions=tuple(p.keep_fractions), seed=seed_for(seed, "train", *names),
+    )
+
+
+def images_tensor(slices: SliceSet) -> torch.Tensor:
+    return torch.from_numpy(slices.images)[:, None]
+
+
+def masks_tensor(masks: np.ndarray) -> torch.Tensor:
+    """(N, H, W) labels -> (N, 4, H, W) one-hot, the conditioning of every image arm."""
+    return one_hot(torch.from_numpy(np.asarray(masks)))
+
+
+# -- stage 1: the mask prior ----------------------------------------------------------------------------------------
+def build_mask_prior(params: StudyParams) -> models.DiffusionModel:
+    p = params.generators.mask_prior
+    return models.DiffusionModel(data_channels=NUM_CLASSES, cond_channels=0, sample_size=params.data.image_size,
+                                 unet=p.unet.model_dump(), **p.schedule.model_dump())
+
+
+def train_mask_prior(params: StudyParams, paths: RunPaths, train: SliceSet) -> tuple[models.DiffusionModel, training.TrainResult]:
+    """One-hot masks scaled to [-1, 1] (as the reference study), unconditional."""
+    model = build_mask_prior(params)
+    x = masks_tensor(train.masks) * 2 - 1
+    cfg = train_config(params.generators.mask_prior.train, params.seed, "mask_prior")
+    return model, training.train(model, x, None, cfg, paths.checkpoints / "mask_prior", desc="mask prior")
+
+
+def sample_masks(model: models.DiffusionModel, n: int, sampling, seed: int) -> np.ndarray:
+    """``n`` label maps: the argmax over the generated one-hot channels."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in tqdm(range(0, n, sampling.batch_size), desc="sampling masks", unit="batch"):
+        x = model.sample(None, sampler=sampling.sampler, steps=sampling.steps, generator=g, n=min(sampling.batch_size, n - i))
+        out.append(x.argmax(1).to(torch.uint8).cpu().numpy())
+    return np.concatenate(out)
+
+
+def sample_mask_prior(params: StudyParams, paths: RunPaths) -> np.ndarray:
+    """Generate ``generators.n_synthetic`` stage-1 masks with the trained prior; save them to ``samples/mask_prior``."""
+    p = params.generators.mask_prior
+    model, ckpt = load_arm(params, paths, "mask_prior")
+    seed = seed_for(params.seed, "masks")
+    start = time.perf_counter()
+    masks = sample_masks(model, params.generators.n_synthetic, p.sample, seed)
+    record = dict(set="stage1", seed=seed, sampler=p.sample.sampler, steps=p.sample.steps, weights=ckpt["weights"],
+                  checkpoint_step=ckpt["step"], train_elapsed_s=round(ckpt["elapsed_s"], 1), seconds=round(time.perf_counter() - start, 1))
+    save_samples(paths, "mask_prior", "masks", record=record, masks=masks)
+    return masks
+
+
+def mask_validity(real: np.ndarray, generated: np.ndarray) -> pd.DataFrame:
+    """Share of valid maps (LV enclosed by MYO, one LV, one MYO, at most one RV, RV present), real vs generated."""
+    rows = {}
+    for name, masks in (("real (train)", real), ("generated", generated)):
+        flags = anatomy.check_masks(masks)
+        flags["rv_present"] = (masks == RV).reshape(len(masks), -1).any(1)
+        flags["all_valid"] = np.logical_and.reduce([flags[k] for k in ("lv_enclosed", "single_lv", "single_myo", "rv_at_most_one")])
+        rows[name] = {k: float(v.mean()) for k, v in flags.items()}
+    return pd.DataFrame(rows).T
+
+
+# -- stage 2: the image arms ------------------------------------------------------------------------------------------
+def build_arm(params: StudyParams, arm: str) -> torch.nn.Module:
+    """The untrained model of an arm (for the LDM, with an untrained autoencoder)."""
+    p = params.generators.arm(arm)
+    size = params.data.image_size
+    if arm == "ddpm":
+        return models.DiffusionModel(data_channels=1, cond_channels=NUM_CLASSES, sample_size=size, unet=p.unet.model_dump(), **p.schedule.model_dump())
+    if arm == "fm":
+        return models.FlowMatchingModel(data_channels=1, cond_channels=NUM_CLASSES, sample_size=size, unet=p.unet.model_dump(), time_sampling=p.time_sampling)
+    ae = p.autoencoder
+    autoencoder = models.Autoencoder(sample_size=size, widths=ae.widths, latent_channels=ae.latent_channels, kl_weight=ae.kl_weight)
+    diffusion = dict(data_channels=ae.latent_channels, cond_channels=NUM_CLASSES, sample_size=autoencoder.latent_size,
+                     unet=p.unet.model_dump(), clip_sample=False, **p.schedule.model_dump())
+    return models.LatentDiffusion(autoencoder=autoencoder.config, diffusion=diffusion)
+
+
+def train_autoencoder(params: StudyParams, paths: RunPaths, train: SliceSet, ldm: models.LatentDiffusion) -> training.TrainResult:
+    """Train the LDM's autoencoder on the training patients, put its EMA weights into ``ldm`` (frozen), scale latents."""
+    ae = models.Autoencoder(**{k: v for k, v in ldm.autoencoder.config.items() if k != "family"})
+    cfg = train_config(params.generators.ldm.autoencoder.train, params.seed, "ldm_autoencoder")
+    result = training.train(ae, images_tensor(train), None, cfg, paths.checkpoints / "ldm_autoencoder", desc="LDM autoencoder")
+    training.load_checkpoint(result.last, ldm.autoencoder, weights="ema")
+    ldm.autoencoder.requires_grad_(False)
+    ldm.set_latent_scale(images_tensor(train))
+    return result
+
+
+@torch.no_grad()
+def autoencoder_report(ldm: models.LatentDiffusion, *sets: SliceSet, names=("train", "test"), batch_size: int = 64) -> tuple[np.ndarray, pd.DataFrame]:
+    """Reconstruction error of the frozen autoencoder per set (MSE, PSNR in dB for the [-1, 1] range, MAE); returns
+    the reconstructions of the last set and the table."""
+    rows = {}
+    for name, s in zip(names, sets):
+        x = images_tensor(s)
+        recon = torch.cat([ldm.autoencoder.reconstruct(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).clamp(-1, 1)
+        mse = (recon - x).pow(2).flatten(1).mean(1)
+        rows[name] = {"mse": float(mse.mean()), "psnr_db": float((10 * torch.log10(4.0 / mse)).mean()),
+                      "mae": float((recon - x).abs().mean()), "slices": len(x)}
+    return recon[:, 0].numpy(), pd.DataFrame(rows).T
+
+
+def train_arm(params: StudyParams, paths: RunPaths, arm: str, train: SliceSet) -> tuple[torch.nn.Module, training.TrainResult]:
+    model = build_arm(params, arm)
+    if arm == "ldm":
+        train_autoencoder(params, paths, train, model)
+    cfg = train_config(params.generators.arm(arm).train, params.seed, arm)
+    result = training.train(model, images_tensor(train), masks_tensor(train.masks), cfg, paths.checkpoints / arm, desc=arm.upper())
+    return model, result
+
+
+def load_arm(params: StudyParams, paths: RunPaths, arm: str, step: int | None = None, weights: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """A trained arm (or mask prior) from its last checkpoint, or the kept one at ``step``."""
+    model = build_mask_prior(params) if arm == "mask_prior" else build_arm(params, arm)
+    folder = paths.checkpoints / arm
+    path = folder / "last.pt" if step is None else training.kept_checkpoints(folder).get(step, folder / f"step_{step:07d}.pt")
+    p = params.generators.mask_prior if arm == "mask_prior" else params.generators.arm(arm)
+    ckpt = training.load_checkpoint(path, model, weights=weights or p.sample.weights, made_by=MADE_BY[arm])
+    return model.eval(), ckpt
+
+
+def generate(model: torch.nn.Module, masks: np.ndarray, sampling, seed: int, desc: str = "sampling") -> np.ndarray:
+    """One image per mask, in batches, reproducible from ``seed``; float32 (N, H, W) in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in tqdm(range(0, len(masks), sampling.batch_size), desc=desc, unit="batch"):
+        cond = masks_tensor(masks[i : i + sampling.batch_size])
+        x = model.sample(cond, sampler=sampling.sampler, steps=sampling.steps, generator=g)
+        out.append(x.clamp(-1, 1)[:, 0].cpu().numpy().astype(np.float32))
+    return np.concatenate(out)
+
+
+def save_samples(paths: RunPaths, arm: str, name: str, *, record: dict, **arrays: np.ndarray) -> Path:
+    """Write ``samples/<arm>/<name>.npz`` and add (or replace) its row in ``samples/<arm>/samples.csv``."""
+    folder = paths.samples / arm
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.npz"
+    tmp = folder / f"{name}.tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+    table_path = folder / "samples.csv"
+    table = pd.read_csv(table_path) if table_path.exists() else pd.DataFrame()
+    row = {"file": path.name, "n": len(next(iter(arrays.values()))), **record}
+    table = pd.concat([table[table.get("file", pd.Series(dtype=str)) != path.name], pd.DataFrame([row])], ignore_index=True)
+    table.to_csv(table_path, index=False)
+    return path
+
+
+def load_samples(paths: RunPaths, arm: str, name: str) -> dict[str, np.ndarray]:
+    path = paths.samples / arm / f"{name}.npz"
+    if not path.exists():
+        made_by = MADE_BY.get(arm, "the generator notebooks")
+        raise FileNotFoundError(f"{path} does not exist: it is written by the notebook {made_by}; run it first")
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def sample_arm(params: StudyParams, paths: RunPaths, arm: str, slices: SliceSet, stage1_masks: np.ndarray) -> pd.DataFrame:
+    """The paired set (one image per real test mask) at every kept checkpoint, and the synthetic set (from the
+    stage-1 masks) with the final weights; returns the samples table."""
+    p = params.generators.arm(arm)
+    test_rows = np.flatnonzero(slices.meta["split"].to_numpy() == "test")
+    test_masks = slices.masks[test_rows]
+    kept = training.kept_checkpoints(paths.checkpoints / arm)
+    final = max(kept)
+    for step in sorted(kept):  # ascending: the loop ends with the final weights, used for the synthetic set
+        model, ckpt = load_arm(params, paths, arm, step=step)
+        seed = seed_for(params.seed, "paired", arm)
+        start = time.perf_counter()
+        images = generate(model, test_masks, p.sample, seed, desc=f"{arm} paired set, step {step}")
+        record = dict(set="paired", seed=seed, sampler=p.sample.sampler, steps=p.sample.steps, weights=ckpt["weights"],
+                      checkpoint_step=step, train_elapsed_s=round(ckpt["elapsed_s"], 1), seconds=round(time.perf_counter() - start, 1))
+        for name in [f"paired_step{step}"] + (["paired"] if step == final else []):
+            save_samples(paths, arm, name, record=record, images=images, masks=test_masks, rows=test_rows)
+    seed = seed_for(params.seed, "synthetic", arm)
+    start = time.perf_counter()
+    images = generate(model, stage1_masks, p.sample, seed, desc=f"{arm} synthetic set")
+    record = dict(set="synthetic", seed=seed, sampler=p.sample.sampler, steps=p.sample.steps, weights=ckpt["weights"],
+                  checkpoint_step=final, train_elapsed_s=round(ckpt["elapsed_s"], 1), seconds=round(time.perf_counter() - start, 1))
+    save_samples(paths, arm, "synthetic", record=record, images=images, masks=stage1_masks)
+    return pd.read_csv(paths.samples / arm / "samples.csv")
+
+
+__all__ = ["ARMS", "MADE_BY", "build_arm", "build_mask_prior", "train_arm", "train_mask_prior", "train_autoencoder",
+           "load_arm", "autoencoder_report", "generate", "sample_masks", "sample_mask_prior", "mask_validity", "sample_arm", "save_samples", "load_samples", "seed_for"]

@@ -1,0 +1,143 @@
+"""Denoising diffusion (DDPM, Ho et al. 2020) with mask conditioning by concatenation.
+
+One class serves the DDPM arm (images), the stage-1 mask prior (one-hot masks) and the LDM's latent model
+(autoencoder latents). Training predicts the noise; sampling goes through the diffusers schedulers (ancestral DDPM,
+DDIM, DPM-Solver++), a fresh scheduler per run so that no state survives between runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from torch import Tensor, nn
+
+from .unet import build_unet
+
+SAMPLERS = {
+    # name -> (scheduler class, extra scheduler kwargs)
+    "ancestral": (DDPMScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+    "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+}
+
+
+def betas_for(schedule: str, steps: int, beta_start: float, beta_end: float) -> Tensor:
+    """Noise schedule in float64: ``linear`` (Ho et al. 2020) or ``cosine`` (Nichol & Dhariwal 2021)."""
+    if schedule == "linear":
+        return torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
+    if schedule == "cosine":
+        s = 0.008
+        t = torch.linspace(0, steps, steps + 1, dtype=torch.float64) / steps
+        f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+        return (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    raise ValueError(f"unknown beta schedule {schedule!r}; choose one of: linear, cosine")
+
+
+class DiffusionModel(nn.Module):
+    """x (B, C, H, W), cond (B, K, h, w) or None; ``cond`` is resized to x's grid and concatenated to the input."""
+
+    family = "diffusion"
+
+    def __init__(
+        self,
+        *,
+        data_channels: int,
+        cond_channels: int,
+        sample_size: int,
+        unet: dict,
+        num_train_timesteps: int = 1000,  # Ho et al. 2020
+        beta_schedule: str = "linear",
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        clip_sample: bool = True,  # clip predicted x0 to [-1, 1]: right for images and masks, not for latents
+        min_snr_gamma: float | None = 5.0,  # Min-SNR-gamma loss weighting (Hang et al. 2023); None: the simple loss
+    ):
+        super().__init__()
+        self.config = dict(
+            family=self.family, data_channels=data_channels, cond_channels=cond_channels, sample_size=sample_size,
+            unet=dict(unet), num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+            beta_start=beta_start, beta_end=beta_end, clip_sample=clip_sample, min_snr_gamma=min_snr_gamma,
+        )
+        self.net = build_unet(in_channels=data_channels + cond_channels, out_channels=data_channels, sample_size=sample_size, **unet)
+        betas = betas_for(beta_schedule, num_train_timesteps, beta_start, beta_end)
+        alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+        self.register_buffer("betas", betas.float(), persistent=False)
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
+        self.register_buffer("log_snr", torch.log(alphas_cumprod / (1 - alphas_cumprod)).float(), persistent=False)
+
+    # -- the forward process and the network ---------------------------------------------------------------
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise (Ho et al. 2020, eq. 4)."""
+        abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    def _cond(self, cond: Tensor | None, like: Tensor) -> Tensor | None:
+        if cond is None:
+            return None
+        if cond.shape[-2:] != like.shape[-2:]:
+            cond = F.interpolate(cond, size=like.shape[-2:], mode="area")  # one-hot -> class fractions per cell
+        return cond.to(like.dtype)
+
+    def predict_noise(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        c = self._cond(cond, x_t)
+        inp = x_t if c is None else torch.cat([x_t, c], dim=1)
+        return self.net(inp, t).sample
+
+    # -- the common generator interface ---------------------------------------------------------------------
+    def loss(self, x: Tensor, cond: Tensor | None, generator: torch.Generator) -> Tensor:
+        """Noise-prediction loss ||eps - eps_theta(x_t, t, c)||^2 with t ~ U{0..T-1} (Ho et al. 2020, eq. 14), each
+        sample weighted by min(SNR_t, gamma) / SNR_t (Min-SNR-gamma, Hang et al. 2023, for eps-prediction) when
+        ``min_snr_gamma`` is set: it stops the many easy high-SNR steps from dominating, so that the low-SNR steps
+        that decide the layout are learnt within a short budget."""
+        t = torch.randint(0, self.config["num_train_timesteps"], (x.shape[0],), generator=generator, device=x.device)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        per_sample = (self.predict_noise(self.q_sample(x, t, noise), t, cond) - noise).pow(2).flatten(1).mean(1)
+        gamma = self.config["min_snr_gamma"]
+        if gamma is None:
+            return per_sample.mean()
+        snr = self.log_snr[t].exp()
+        return (per_sample * snr.clamp(max=gamma) / snr).mean()
+
+    def timestep_for_snr(self, snr: float) -> int:
+        """The training timestep whose signal-to-noise ratio abar/(1-abar) is closest to ``snr``."""
+        return int(torch.argmin((self.log_snr - math.log(snr)).abs()))
+
+    @torch.no_grad()
+    def error_at(self, x: Tensor, cond: Tensor | None, snr: float, generator: torch.Generator, draws: int = 1) -> Tensor:
+        """Per-sample noise-prediction error at the timestep matching ``snr``, averaged over ``draws`` noise draws."""
+        t = torch.full((x.shape[0],), self.timestep_for_snr(snr), device=x.device, dtype=torch.long)
+        total = torch.zeros(x.shape[0], device=x.device)
+        for _ in range(draws):
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            total += (self.predict_noise(self.q_sample(x, t, noise), t, cond) - noise).pow(2).flatten(1).mean(1)
+        return total / draws
+
+    def scheduler(self, sampler: str, steps: int):
+        """A fresh diffusers scheduler with this model's schedule, its time grid set for ``steps`` steps."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r} for a diffusion model; choose one of: {', '.join(SAMPLERS)}")
+        cls, extra = SAMPLERS[sampler]
+        c = self.config
+        kwargs = dict(num_train_timesteps=c["num_train_timesteps"], beta_schedule="linear", trained_betas=self.betas.double().cpu().numpy(),
+                      prediction_type="epsilon", timestep_spacing="trailing", **extra)
+        if cls is not DPMSolverMultistepScheduler:
+            kwargs["clip_sample"] = c["clip_sample"]
+        # "trailing" spacing starts few-step samplers at the last training step (Lin et al. 2024, table 2)
+        sched = cls(**kwargs)
+        sched.set_timesteps(steps)
+        return sched
+
+    @torch.no_grad()
+    def sample(self, cond: Tensor | None, *, sampler: str = "ddim", steps: int = 50, generator: torch.Generator, n: int | None = None) -> Tensor:
+        """Generate one sample per conditioning map (or ``n`` unconditional samples)."""
+        batch = cond.shape[0] if cond is not None else n
+        c = self.config
+        x = torch.randn((batch, c["data_channels"], c["sample_size"], c["sample_size"]), generator=generator, device=self.betas.device)
+        sched = self.scheduler(sampler, steps)
+        for t in sched.timesteps:
+            eps = self.predict_noise(x, t.expand(batch).to(x.device), cond)
+            x = sched.step(eps, t, x, generator=generator).prev_sample
+        return x
