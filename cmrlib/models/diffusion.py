@@ -10,11 +10,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import Tensor, nn
 
-from .unet import build_unet
+from .unet import build_unet, concat_condition
 
 SAMPLERS = {
     # name -> (scheduler class, extra scheduler kwargs)
@@ -74,17 +73,8 @@ class DiffusionModel(nn.Module):
         abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
-    def _cond(self, cond: Tensor | None, like: Tensor) -> Tensor | None:
-        if cond is None:
-            return None
-        if cond.shape[-2:] != like.shape[-2:]:
-            cond = F.interpolate(cond, size=like.shape[-2:], mode="area")  # one-hot -> class fractions per cell
-        return cond.to(like.dtype)
-
     def predict_noise(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
-        c = self._cond(cond, x_t)
-        inp = x_t if c is None else torch.cat([x_t, c], dim=1)
-        return self.net(inp, t).sample
+        return self.net(concat_condition(x_t, cond), t).sample
 
     # -- the common generator interface ---------------------------------------------------------------------
     def loss(self, x: Tensor, cond: Tensor | None, generator: torch.Generator) -> Tensor:

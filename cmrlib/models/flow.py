@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .unet import build_unet
+from .unet import build_unet, concat_condition
 
 Velocity = Callable[[Tensor, Tensor], Tensor]
 
@@ -89,11 +89,7 @@ class FlowMatchingModel(nn.Module):
 
     def velocity(self, x_t: Tensor, t: Tensor | float, cond: Tensor | None) -> Tensor:
         t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device).expand(x_t.shape[0])
-        if cond is not None:
-            if cond.shape[-2:] != x_t.shape[-2:]:
-                cond = F.interpolate(cond, size=x_t.shape[-2:], mode="area")
-            x_t = torch.cat([x_t, cond.to(x_t.dtype)], dim=1)
-        return self.net(x_t, t * 999).sample
+        return self.net(concat_condition(x_t, cond), t * 999).sample
 
     def sample_time(self, n: int, generator: torch.Generator, device) -> Tensor:
         if self.config["time_sampling"] == "logit_normal":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from diffusers import UNet2DModel
+from torch import Tensor
 
 
 def build_unet(
@@ -39,3 +42,13 @@ def build_unet(
         attention_head_dim=head_dim,
         num_class_embeds=num_class_embeds,
     )
+
+
+def concat_condition(x: Tensor, cond: Tensor | None) -> Tensor:
+    """The shared conditioning of every arm: the one-hot mask joined to the network input as channels, resized
+    to x's grid by area averaging (class fractions per cell) when the grids differ (the LDM's latents)."""
+    if cond is None:
+        return x
+    if cond.shape[-2:] != x.shape[-2:]:
+        cond = F.interpolate(cond, size=x.shape[-2:], mode="area")
+    return torch.cat([x, cond.to(x.dtype)], dim=1)
