@@ -27,7 +27,7 @@ from .data.records import SliceSet
 from .data import anatomy
 from .labels import NUM_CLASSES, RV
 from .params import ARMS, StudyParams, TrainParams
-from .paths import RunPaths
+from .paths import RunPaths, atomic_path
 
 MADE_BY = {"mask_prior": "10_mask_prior", "ddpm": "20_ddpm", "ldm": "21_ldm", "fm": "22_flow_matching"}
 
@@ -185,16 +185,15 @@ def generate(model: torch.nn.Module, masks: np.ndarray, sampling, seed: int, des
 def save_samples(paths: RunPaths, arm: str, name: str, *, record: dict, **arrays: np.ndarray) -> Path:
     """Write ``samples/<arm>/<name>.npz`` and add (or replace) its row in ``samples/<arm>/samples.csv``."""
     folder = paths.samples / arm
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.npz"
-    tmp = folder / f"{name}.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
     table_path = folder / "samples.csv"
     table = pd.read_csv(table_path) if table_path.exists() else pd.DataFrame()
     row = {"file": path.name, "n": len(next(iter(arrays.values()))), **record}
     table = pd.concat([table[table.get("file", pd.Series(dtype=str)) != path.name], pd.DataFrame([row])], ignore_index=True)
-    table.to_csv(table_path, index=False)
+    with atomic_path(table_path) as tmp:
+        table.to_csv(tmp, index=False)
     return path
 
 

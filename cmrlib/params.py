@@ -18,7 +18,7 @@ from typing import Any, Literal, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .paths import project_root
+from .paths import atomic_path, project_root
 
 
 class ParamsError(ValueError):
@@ -299,10 +299,8 @@ class StudyParams(_Section):
 
     def to_yaml(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
         return path
 
 

@@ -37,7 +37,6 @@ import json
 import math
 import os
 import pickle
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
+from .paths import atomic_path
 
 CHECKPOINT_FORMAT = "cmrlib.training/1"
 LAST = "last.pt"
@@ -147,17 +147,10 @@ class TrainResult:
 
 def _atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: a killed run never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
@@ -324,10 +317,8 @@ def _truncate_log(path: Path, step: int) -> None:
     if not path.exists():
         return
     log = pd.read_csv(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    log[log["step"] <= step].to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        log[log["step"] <= step].to_csv(tmp, index=False)
 
 
 def train(

@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ..paths import atomic_path
 
 META_COLUMNS = ["dataset", "patient", "domain", "phase", "slice_index", "slice_count", "split"]
 SLICES_FILE = "slices.npz"
@@ -71,13 +72,10 @@ class SliceSet:
     def save(self, folder: str | Path) -> None:
         """Write ``slices.npz`` and ``metadata.csv`` atomically (a reader never sees half a file)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (SLICES_FILE + ".tmp.npz")
-        np.savez_compressed(tmp, images=self.images.astype(np.float32), masks=self.masks.astype(np.uint8))
-        os.replace(tmp, folder / SLICES_FILE)
-        tmp_csv = folder / (METADATA_FILE + ".tmp")
-        self.meta.to_csv(tmp_csv, index=False)
-        os.replace(tmp_csv, folder / METADATA_FILE)
+        with atomic_path(folder / SLICES_FILE) as tmp:
+            np.savez_compressed(tmp, images=self.images.astype(np.float32), masks=self.masks.astype(np.uint8))
+        with atomic_path(folder / METADATA_FILE) as tmp:
+            self.meta.to_csv(tmp, index=False)
 
     @classmethod
     def load(cls, folder: str | Path) -> "SliceSet":
@@ -94,8 +92,6 @@ class SliceSet:
 def write_json(path: str | Path, obj: object) -> Path:
     """Write JSON atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
     return path
