@@ -93,9 +93,7 @@ def sample_mask_prior(params: StudyParams, paths: RunPaths) -> np.ndarray:
     seed = seed_for(params.seed, "masks")
     start = time.perf_counter()
     masks = sample_masks(model, params.generators.n_synthetic, p.sample, seed)
-    record = dict(set="stage1", seed=seed, sampler=p.sample.sampler, steps=p.sample.steps, weights=ckpt["weights"],
-                  checkpoint_step=ckpt["step"], train_elapsed_s=round(ckpt["elapsed_s"], 1), seconds=round(time.perf_counter() - start, 1))
-    save_samples(paths, "mask_prior", "masks", record=record, masks=masks)
+    save_samples(paths, "mask_prior", "masks", record=_record("stage1", seed, p.sample, ckpt, start), masks=masks)
     return masks
 
 
@@ -182,6 +180,13 @@ def generate(model: torch.nn.Module, masks: np.ndarray, sampling, seed: int, des
     return np.concatenate(out)
 
 
+def _record(set_name: str, seed: int, sampling, ckpt: dict, start: float) -> dict:
+    """The row of ``samples.csv`` for one generated set: how it was made, from which checkpoint, at what cost."""
+    return dict(set=set_name, seed=seed, sampler=sampling.sampler, steps=sampling.steps, weights=ckpt["weights"],
+                checkpoint_step=ckpt["step"], train_elapsed_s=round(ckpt["elapsed_s"], 1),
+                seconds=round(time.perf_counter() - start, 1))
+
+
 def save_samples(paths: RunPaths, arm: str, name: str, *, record: dict, **arrays: np.ndarray) -> Path:
     """Write ``samples/<arm>/<name>.npz`` and add (or replace) its row in ``samples/<arm>/samples.csv``."""
     folder = paths.samples / arm
@@ -219,16 +224,13 @@ def sample_arm(params: StudyParams, paths: RunPaths, arm: str, slices: SliceSet,
         seed = seed_for(params.seed, "paired", arm)
         start = time.perf_counter()
         images = generate(model, test_masks, p.sample, seed, desc=f"{arm} paired set, step {step}")
-        record = dict(set="paired", seed=seed, sampler=p.sample.sampler, steps=p.sample.steps, weights=ckpt["weights"],
-                      checkpoint_step=step, train_elapsed_s=round(ckpt["elapsed_s"], 1), seconds=round(time.perf_counter() - start, 1))
+        record = _record("paired", seed, p.sample, ckpt, start)
         for name in [f"paired_step{step}"] + (["paired"] if step == final else []):
             save_samples(paths, arm, name, record=record, images=images, masks=test_masks, rows=test_rows)
     seed = seed_for(params.seed, "synthetic", arm)
     start = time.perf_counter()
     images = generate(model, stage1_masks, p.sample, seed, desc=f"{arm} synthetic set")
-    record = dict(set="synthetic", seed=seed, sampler=p.sample.sampler, steps=p.sample.steps, weights=ckpt["weights"],
-                  checkpoint_step=final, train_elapsed_s=round(ckpt["elapsed_s"], 1), seconds=round(time.perf_counter() - start, 1))
-    save_samples(paths, arm, "synthetic", record=record, images=images, masks=stage1_masks)
+    save_samples(paths, arm, "synthetic", record=_record("synthetic", seed, p.sample, ckpt, start), images=images, masks=stage1_masks)
     return pd.read_csv(paths.samples / arm / "samples.csv")
 
 

@@ -12,14 +12,19 @@ from .data.records import SliceSet
 from .labels import COLOURS, FOREGROUND
 
 
+def _colours(mask: np.ndarray, alpha: float) -> np.ndarray:
+    """RGBA image of a label map in the label colours (background transparent)."""
+    rgba = np.zeros(mask.shape + (4,))
+    for value, colour in COLOURS.items():
+        rgba[mask == value] = (*colour, alpha)
+    return rgba
+
+
 def overlay(ax: plt.Axes, image: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.4, title: str | None = None) -> None:
     """A grey image in [-1, 1] with its label map as a translucent colour overlay."""
     ax.imshow(image, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
     if mask is not None:
-        rgba = np.zeros(mask.shape + (4,))
-        for value, colour in COLOURS.items():
-            rgba[mask == value] = (*colour, alpha)
-        ax.imshow(rgba, interpolation="nearest")
+        ax.imshow(_colours(mask, alpha), interpolation="nearest")
     if title:
         ax.set_title(title, fontsize=8)
     ax.set_axis_off()
@@ -89,10 +94,9 @@ def loss_curve(losses: pd.DataFrame, title: str = "") -> plt.Figure:
 
 def label_map(ax: plt.Axes, mask: np.ndarray, title: str | None = None) -> None:
     """A label map in the overlay colours on black."""
-    rgb = np.zeros(mask.shape + (3,))
-    for value, colour in COLOURS.items():
-        rgb[mask == value] = colour
-    ax.imshow(rgb, interpolation="nearest")
+    rgba = _colours(mask, 1.0)
+    rgba[..., 3] = 1.0  # opaque: background black
+    ax.imshow(rgba, interpolation="nearest")
     if title:
         ax.set_title(title, fontsize=8)
     ax.set_axis_off()
