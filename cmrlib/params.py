@@ -285,12 +285,50 @@ class FidelityParams(_Section):
         return str(path)
 
 
+class UtilityParams(_Section):
+    segmenter: SegmenterParams = Field(
+        default=SegmenterParams(steps=400), description="the segmentation network of every regime, and its step budget")
+    n_real_patients: list[int | None] = Field(
+        default=[4, None], min_length=1, description="real training patients per regime (the limited-data knob); null: all")
+    regimes: list[Literal["real", "synthetic", "real+synthetic"]] = Field(
+        default=["real", "synthetic", "real+synthetic"], min_length=1,
+        description="real: the baseline; synthetic: an arm's synthetic set alone; real+synthetic: both")
+    synthetic_ratio: float = Field(default=1.0, gt=0, description="synthetic slices per real slice in real+synthetic")
+    seeds: list[int] = Field(default=[0], min_length=1, description="training seeds per regime (aggregated as mean and spread)")
+    augment: bool = Field(default=True, description="MONAI random flips, rotations and intensity changes while training")
+    bootstrap: int = Field(default=1000, ge=10, description="bootstrap draws (over patients) per interval")
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+
+
+class PrivacyParams(_Section):
+    copy_ratio: float = Field(default=0.6, gt=0, le=1, description="nearest/second-nearest L2 ratio below which a synthetic image is flagged (the reference's 0.6)")
+    copy_correlation: float = Field(default=0.95, gt=0, le=1, description="maximum Pearson correlation with a training image above which it is flagged")
+    copy_lpips: float = Field(default=0.05, gt=0, description="LPIPS to the nearest training image below which it is flagged (when LPIPS weights exist)")
+    mask_copy_dice: float = Field(default=0.99, gt=0, le=1, description="Dice to the nearest training mask above which a stage-1 mask is flagged")
+    mia_snr: list[float] = Field(
+        default=[0.1, 0.3, 1.0, 3.0, 10.0], min_length=1,
+        description="signal-to-noise ratios (abar/(1-abar) = t^2/(1-t)^2) at which every arm's error is measured")
+    mia_draws: int = Field(default=4, ge=1, description="noise draws averaged per slice and level (fixed seeds)")
+    reference_protocol_domain: str | None = Field(
+        default=None, description="cross-domain set used as non-members by the reference protocol; null: the first cross_<domain>")
+    bootstrap: int = Field(default=1000, ge=10)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+
+
+class ExportParams(_Section):
+    max_copy_share: float = Field(default=0.01, ge=0, le=1, description="the privacy gate: largest share of synthetic images flagged as copies")
+    max_mia_auc: float = Field(default=0.6, ge=0.5, le=1, description="the privacy gate: largest membership AUC (upper interval bound not used)")
+
+
 class StudyParams(_Section):
     run_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="names the run folder runs/<run_name>/")
     seed: int = 0
     data: DataParams = DataParams()
     generators: GeneratorsParams = GeneratorsParams()
     fidelity: FidelityParams = FidelityParams()
+    utility: UtilityParams = UtilityParams()
+    privacy: PrivacyParams = PrivacyParams()
+    export: ExportParams = ExportParams()
 
     def digest(self) -> str:
         """A short hash of every value: two runs with the same digest were made with the same params."""

@@ -1,4 +1,5 @@
-"""Intervals shared by the evaluation notebooks: the percentile bootstrap over groups (patients).
+"""The statistics of the study in one place: bootstrap intervals over groups (patients), paired tests, and the
+multiple-comparison correction across the comparisons the paper makes.
 
 Slices of one patient are not independent, so intervals resample *patients* with replacement and keep all their
 slices (the cluster bootstrap); a statistic that is a mean of per-slice values is then the mean over the drawn
@@ -8,6 +9,7 @@ slices, with each patient counted as often as it was drawn.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -64,4 +66,69 @@ def bootstrap_mean(values: np.ndarray, groups: np.ndarray | None = None, *, n_bo
     return out
 
 
-__all__ = ["Interval", "bootstrap_mean"]
+def bootstrap_statistic(statistic: Callable[[np.ndarray], float], groups: np.ndarray, *, n_boot: int = 1000,
+                        level: float = 0.95, seed: int = 0, strata: np.ndarray | None = None) -> Interval:
+    """Any statistic of a set of slices (``statistic(rows) -> float``, rows indexing the slices) with a percentile
+    bootstrap interval that resamples whole ``groups`` (patients) with replacement, separately within each stratum
+    (for example members and non-members, so every draw keeps both classes). Draws giving NaN are dropped."""
+    groups = np.asarray(groups)
+    strata = np.zeros(len(groups), dtype=int) if strata is None else np.asarray(strata)
+    if len(strata) != len(groups):
+        raise ValueError(f"{len(strata)} strata labels for {len(groups)} group labels")
+    rows_of = {}
+    for i, key in enumerate(zip(strata.tolist(), groups.tolist())):
+        rows_of.setdefault(key, []).append(i)
+    by_stratum: dict = {}
+    for (stratum, _), rows in rows_of.items():
+        by_stratum.setdefault(stratum, []).append(np.asarray(rows))
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_boot):
+        rows = [members[j] for members in by_stratum.values() for j in rng.integers(0, len(members), len(members))]
+        boot.append(statistic(np.concatenate(rows)))
+    boot = np.asarray(boot, dtype=np.float64)
+    boot = boot[~np.isnan(boot)]
+    alpha = (1 - level) / 2
+    low, high = np.quantile(boot, [alpha, 1 - alpha]) if len(boot) else (np.nan, np.nan)
+    n_groups = len(rows_of)
+    return Interval(float(statistic(np.arange(len(groups)))), float(low), float(high), level, n_groups,
+                    f"percentile bootstrap over {n_groups} groups, {n_boot} draws")
+
+
+def paired_wilcoxon(a: np.ndarray, b: np.ndarray) -> dict:
+    """Two-sided Wilcoxon signed-rank test of paired values (for example per-patient Dice of a regime against
+    real-only on the same patients); pairs with a NaN are dropped. Returns the median difference a - b, the number
+    of pairs and the p-value (NaN with fewer than two non-zero differences)."""
+    from scipy.stats import wilcoxon
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values differ in shape: {a.shape} and {b.shape}")
+    ok = ~(np.isnan(a) | np.isnan(b))
+    diff = a[ok] - b[ok]
+    p = float(wilcoxon(diff).pvalue) if np.count_nonzero(diff) >= 2 else float("nan")
+    return {"median_difference": float(np.median(diff)) if len(diff) else float("nan"), "n_pairs": int(ok.sum()), "p_value": p}
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (family-wise error control across the comparisons); NaN stays NaN."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def mean_and_spread(values) -> dict:
+    """Seeds aggregated: mean, sample standard deviation and count (spread NaN for one seed)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    return {"mean": float(v.mean()) if len(v) else float("nan"), "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"), "n": int(len(v))}
+
+
+__all__ = ["Interval", "bootstrap_mean", "bootstrap_statistic", "paired_wilcoxon", "holm", "mean_and_spread"]
