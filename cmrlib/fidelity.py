@@ -282,17 +282,23 @@ def steps_against_quality(params: StudyParams, paths: RunPaths, ref: Reference, 
     return pd.DataFrame(rows)
 
 
-def quality_against_training_step(paths: RunPaths, ref: Reference, segmenter: SegmentationModel, arms=ARMS) -> pd.DataFrame:
-    """FID (seg space) and mask faithfulness of the paired set of every kept checkpoint (``paired_step<N>.npz``)."""
+def quality_against_training_step(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: SegmentationModel, arms=ARMS) -> pd.DataFrame:
+    """FID (seg space) and mask faithfulness (with its bootstrap interval over test patients) of the paired set of every
+    kept checkpoint (``paired_step<N>.npz``), with the training wall time the checkpoint had cost."""
     rows = []
     for arm in arms:
+        table = generation.samples_table(paths, arm).set_index("file")
         files = sorted((paths.samples / arm).glob("paired_step*.npz"), key=lambda p: int(p.stem.removeprefix("paired_step")))
         for path in files:
             with np.load(path) as npz:
                 images, sample_rows = npz["images"], npz["rows"]
             order = _align(sample_rows, ref.rows)
+            dice = _with_mean(mask_faithfulness(segmenter, images, ref.masks[order]))[:, -1]
+            interval = _boot_rows(arm, ["dice_mean"], dice, ref.patients[order], params, f"checkpoint/{arm}/{path.stem}", "test patients")[0]
             rows.append({"arm": arm, "step": int(path.stem.removeprefix("paired_step")), "n": len(images),
-                         **_quality(ref, segmenter, images, ref.masks[order])})
+                         "train_elapsed_s": float(table.loc[path.name, "train_elapsed_s"]),
+                         **_quality(ref, segmenter, images, ref.masks[order]),
+                         "dice_mean_low": interval["low"], "dice_mean_high": interval["high"]})
     return pd.DataFrame(rows)
 
 

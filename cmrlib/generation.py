@@ -5,6 +5,8 @@ samples to ``samples/<arm>/``:
 
 - ``samples/mask_prior/masks.npz``: stage-1 masks (``masks`` uint8, N x H x W);
 - ``samples/<arm>/synthetic.npz``: images generated from the stage-1 masks (``images`` float32 in [-1, 1], ``masks``);
+- ``samples/<arm>/synthetic_step<N>.npz``: images from the first ``generators.n_synthetic_per_checkpoint`` stage-1
+  masks at each earlier kept checkpoint (step N; the compute axis);
 - ``samples/<arm>/paired_step<N>.npz``: one image per real test mask (``images``, ``masks``, ``rows`` = row numbers of
   the test slices in ``data/metadata.csv``), for each kept checkpoint (step N), the last one also as ``paired.npz``;
 - ``samples/<arm>/samples.csv``: one row per set: file, n, seed, sampler, steps, weights, checkpoint step, seconds.
@@ -93,7 +95,7 @@ def sample_mask_prior(params: StudyParams, paths: RunPaths) -> np.ndarray:
     seed = seed_for(params.seed, "masks")
     start = time.perf_counter()
     masks = sample_masks(model, params.generators.n_synthetic, p.sample, seed)
-    save_samples(paths, "mask_prior", "masks", record=_record("stage1", seed, p.sample, ckpt, start), masks=masks)
+    save_samples(paths, "mask_prior", "masks", record=sample_record("stage1", seed, p.sample, ckpt, start), masks=masks)
     return masks
 
 
@@ -180,7 +182,7 @@ def generate(model: torch.nn.Module, masks: np.ndarray, sampling, seed: int, des
     return np.concatenate(out)
 
 
-def _record(set_name: str, seed: int, sampling, ckpt: dict, start: float) -> dict:
+def sample_record(set_name: str, seed: int, sampling, ckpt: dict, start: float) -> dict:
     """The row of ``samples.csv`` for one generated set: how it was made, from which checkpoint, at what cost."""
     return dict(set=set_name, seed=seed, sampler=sampling.sampler, steps=sampling.steps, weights=ckpt["weights"],
                 checkpoint_step=ckpt["step"], train_elapsed_s=round(ckpt["elapsed_s"], 1),
@@ -211,6 +213,27 @@ def load_samples(paths: RunPaths, arm: str, name: str) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
+def synthetic_by_step(params: StudyParams, paths: RunPaths, arm: str) -> dict[int, dict[str, np.ndarray]]:
+    """The synthetic set at every kept checkpoint (step -> images, masks): ``synthetic_step<N>.npz`` for the earlier
+    ones, and the first ``generators.n_synthetic_per_checkpoint`` images of ``synthetic.npz`` (same masks) for the last."""
+    kept = training.kept_checkpoints(paths.checkpoints / arm)
+    n = params.generators.n_synthetic_per_checkpoint
+    out = {}
+    for step in sorted(kept):
+        name = "synthetic" if step == max(kept) else f"synthetic_step{step}"
+        sample = load_samples(paths, arm, name)
+        out[step] = {"images": sample["images"][:n], "masks": sample["masks"][:n]}
+    return out
+
+
+def samples_table(paths: RunPaths, arm: str) -> pd.DataFrame:
+    """``samples/<arm>/samples.csv``: how each saved set of the arm was made."""
+    path = paths.samples / arm / "samples.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: it is written by the notebook {MADE_BY.get(arm, 'of the arm')}; run it first")
+    return pd.read_csv(path)
+
+
 def sample_arm(params: StudyParams, paths: RunPaths, arm: str, slices: SliceSet, stage1_masks: np.ndarray) -> pd.DataFrame:
     """The paired set (one image per real test mask) at every kept checkpoint, and the synthetic set (from the
     stage-1 masks) with the final weights; returns the samples table."""
@@ -219,20 +242,27 @@ def sample_arm(params: StudyParams, paths: RunPaths, arm: str, slices: SliceSet,
     test_masks = slices.masks[test_rows]
     kept = training.kept_checkpoints(paths.checkpoints / arm)
     final = max(kept)
+    few = stage1_masks[: params.generators.n_synthetic_per_checkpoint]
     for step in sorted(kept):  # ascending: the loop ends with the final weights, used for the synthetic set
         model, ckpt = load_arm(params, paths, arm, step=step)
         seed = seed_for(params.seed, "paired", arm)
         start = time.perf_counter()
         images = generate(model, test_masks, p.sample, seed, desc=f"{arm} paired set, step {step}")
-        record = _record("paired", seed, p.sample, ckpt, start)
+        record = sample_record("paired", seed, p.sample, ckpt, start)
         for name in [f"paired_step{step}"] + (["paired"] if step == final else []):
             save_samples(paths, arm, name, record=record, images=images, masks=test_masks, rows=test_rows)
+        if step != final:
+            seed = seed_for(params.seed, "synthetic", arm, str(step))
+            start = time.perf_counter()
+            images = generate(model, few, p.sample, seed, desc=f"{arm} synthetic subset, step {step}")
+            save_samples(paths, arm, f"synthetic_step{step}", record=sample_record("synthetic", seed, p.sample, ckpt, start),
+                         images=images, masks=few)
     seed = seed_for(params.seed, "synthetic", arm)
     start = time.perf_counter()
     images = generate(model, stage1_masks, p.sample, seed, desc=f"{arm} synthetic set")
-    save_samples(paths, arm, "synthetic", record=_record("synthetic", seed, p.sample, ckpt, start), images=images, masks=stage1_masks)
-    return pd.read_csv(paths.samples / arm / "samples.csv")
+    save_samples(paths, arm, "synthetic", record=sample_record("synthetic", seed, p.sample, ckpt, start), images=images, masks=stage1_masks)
+    return samples_table(paths, arm)
 
 
 __all__ = ["ARMS", "MADE_BY", "build_arm", "build_mask_prior", "train_arm", "train_mask_prior", "train_autoencoder",
-           "load_arm", "autoencoder_report", "generate", "sample_masks", "sample_mask_prior", "mask_validity", "sample_arm", "save_samples", "load_samples", "seed_for"]
+           "load_arm", "autoencoder_report", "generate", "sample_masks", "sample_mask_prior", "mask_validity", "sample_arm", "sample_record", "save_samples", "load_samples", "samples_table", "synthetic_by_step", "seed_for"]

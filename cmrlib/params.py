@@ -228,6 +228,8 @@ class FMParams(_Section):
 
 class GeneratorsParams(_Section):
     n_synthetic: int = Field(default=256, ge=1, description="images per arm generated from stage-1 masks")
+    n_synthetic_per_checkpoint: int = Field(
+        default=64, ge=1, description="images from the first stage-1 masks at each earlier kept checkpoint (the compute axis)")
     mask_prior: MaskPriorParams = MaskPriorParams()
     ddpm: DDPMParams = DDPMParams()
     ldm: LDMParams = LDMParams()
@@ -286,6 +288,9 @@ class FidelityParams(_Section):
 
 
 class UtilityParams(_Section):
+    """The utility axis (cmrlib.utility, notebook 40_utility): a segmenter per regime, arm, number of real patients
+    and seed, evaluated on the in-domain test patients and every cross-domain set."""
+
     segmenter: SegmenterParams = Field(
         default=SegmenterParams(steps=400), description="the segmentation network of every regime, and its step budget")
     n_real_patients: list[int | None] = Field(
@@ -293,9 +298,12 @@ class UtilityParams(_Section):
     regimes: list[Literal["real", "synthetic", "real+synthetic"]] = Field(
         default=["real", "synthetic", "real+synthetic"], min_length=1,
         description="real: the baseline; synthetic: an arm's synthetic set alone; real+synthetic: both")
-    synthetic_ratio: float = Field(default=1.0, gt=0, description="synthetic slices per real slice in real+synthetic")
+    synthetic_ratio: float | None = Field(
+        default=None, gt=0, description="synthetic slices per real slice in real+synthetic (a seeded subset of the arm's "
+        "synthetic set); null: the whole synthetic set")
     seeds: list[int] = Field(default=[0], min_length=1, description="training seeds per regime (aggregated as mean and spread)")
-    augment: bool = Field(default=True, description="MONAI random flips, rotations and intensity changes while training")
+    augment: bool = Field(default=True, description="MONAI random flips, rotations and intensity changes while training; "
+                          "false: random flips only (as the reference segmenter of the fidelity axis)")
     bootstrap: int = Field(default=1000, ge=10, description="bootstrap draws (over patients) per interval")
     confidence: float = Field(default=0.95, gt=0, lt=1)
 
@@ -320,6 +328,11 @@ class ExportParams(_Section):
     max_mia_auc: float = Field(default=0.6, ge=0.5, le=1, description="the privacy gate: largest membership AUC (upper interval bound not used)")
 
 
+class PaperParams(_Section):
+    publish_dir: str | None = Field(
+        default=None, description="also copy the run's paper/ here (relative paths: to the repository); the default run publishes to paper/")
+
+
 class StudyParams(_Section):
     run_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="names the run folder runs/<run_name>/")
     seed: int = 0
@@ -329,6 +342,7 @@ class StudyParams(_Section):
     utility: UtilityParams = UtilityParams()
     privacy: PrivacyParams = PrivacyParams()
     export: ExportParams = ExportParams()
+    paper: PaperParams = PaperParams()
 
     def digest(self) -> str:
         """A short hash of every value: two runs with the same digest were made with the same params."""

@@ -115,6 +115,11 @@ class RunPaths:
     def samples(self) -> Path:
         return self._dir("samples")
 
+    @property
+    def paper(self) -> Path:
+        """The run's manuscript, its figures, tables and numbers (``90_paper``)."""
+        return self._dir("paper")
+
     def require(self, path: Path, made_by: str) -> Path:
         """Return ``path`` if it exists, else fail with the stage that makes it."""
         if not path.exists():

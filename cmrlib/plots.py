@@ -215,3 +215,246 @@ def quality_against_training_step(checkpoints: pd.DataFrame) -> plt.Figure:
     axes[0].legend(frameon=False, fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# -- utility (notebook 40_utility) -----------------------------------------------------------------------------------
+def _utility_label(regime: str, arm: str) -> str:
+    return regime if arm == "none" else f"{regime} ({arm})"
+
+
+def utility_dice_against_n(table: pd.DataFrame, column: str = "dice_mean", low: str = "dice_mean_low",
+                           high: str = "dice_mean_high", ylabel: str = "mean foreground Dice (per patient)") -> plt.Figure:
+    """One panel per evaluation set: ``column`` against the number of real training patients, one line per regime and
+    arm with interval bars (``cmrlib.utility.summary``); synthetic-only sits at 0 real patients."""
+    sets = list(dict.fromkeys(table["eval_set"]))
+    fig, axes = plt.subplots(1, len(sets), figsize=(3.4 * len(sets) + 1.6, 3), sharey=True, squeeze=False)
+    groups = list(table.groupby(["regime", "arm"], sort=False).groups)
+    colours = dict(zip(groups, sns.color_palette("tab10", len(groups))))
+    for ax, name in zip(axes[0], sets):
+        for (regime, arm), d in table[table["eval_set"] == name].groupby(["regime", "arm"], sort=False):
+            d = d.sort_values("n_real_patients")
+            err = np.vstack([d[column] - d[low], d[high] - d[column]]).clip(min=0)
+            ax.errorbar(d["n_real_patients"], d[column], yerr=np.nan_to_num(err), marker="o" if regime != "synthetic" else "s",
+                        ms=4, capsize=2, lw=1.2, color=colours[(regime, arm)], label=_utility_label(regime, arm),
+                        ls="--" if regime == "real" else "-")
+        ticks = sorted(table["n_real_patients"].unique())
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set(xlabel="real training patients", title=name)
+    axes[0, 0].set_ylabel(ylabel)
+    axes[0, -1].legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    return fig
+
+
+def utility_in_against_cross(table: pd.DataFrame) -> plt.Figure:
+    """Mean foreground Dice in-domain (``test``, x) against each cross-domain set (y), one point per regime, arm and
+    number of real patients, with interval bars; the diagonal marks no domain shift."""
+    test = table[table["eval_set"] == "test"].set_index(["regime", "arm", "n_real_patients"])
+    crosses = [s for s in dict.fromkeys(table["eval_set"]) if s != "test"]
+    fig, ax = plt.subplots(figsize=(5.2, 4))
+    groups = list(table.groupby(["regime", "arm"], sort=False).groups)
+    colours = dict(zip(groups, sns.color_palette("tab10", len(groups))))
+    markers = dict(zip(crosses, "os^Dv<>"))
+    for name in crosses:
+        c = table[table["eval_set"] == name].set_index(["regime", "arm", "n_real_patients"])
+        for key in c.index.intersection(test.index):
+            t, y = test.loc[key], c.loc[key]
+            ax.errorbar(t["dice_mean"], y["dice_mean"], xerr=[[max(0, t["dice_mean"] - t["dice_mean_low"])], [max(0, t["dice_mean_high"] - t["dice_mean"])]],
+                        yerr=[[max(0, y["dice_mean"] - y["dice_mean_low"])], [max(0, y["dice_mean_high"] - y["dice_mean"])]],
+                        marker=markers[name], ms=5, capsize=1.5, lw=0.8, color=colours[key[:2]], ls="none")
+            ax.annotate(str(key[2]), (t["dice_mean"], y["dice_mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    lims = [min(ax.get_xlim()[0], ax.get_ylim()[0]), 1]
+    ax.plot(lims, lims, color="grey", lw=0.8, ls=":")
+    handles = [plt.Line2D([], [], color=colours[g], marker="o", ls="none", label=_utility_label(*g)) for g in groups]
+    handles += [plt.Line2D([], [], color="black", marker=markers[s], ls="none", label=s) for s in crosses]
+    ax.legend(handles=handles, frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    ax.set(xlabel="in-domain Dice (test)", ylabel="cross-domain Dice", title="in-domain against cross-domain (labels: n real)")
+    fig.tight_layout()
+    return fig
+
+
+def utility_examples(examples: list[dict]) -> plt.Figure:
+    """Per regime (rows): a success and a failure on real test slices (``cmrlib.utility.examples``), each as the
+    image with its reference mask and with the prediction."""
+    labels = list(dict.fromkeys(e["label"] for e in examples))
+    fig, axes = plt.subplots(len(labels), 4, figsize=(6.4, 1.6 * len(labels) + 0.4), squeeze=False)
+    for r, label in enumerate(labels):
+        for k, kind in enumerate(("success", "failure")):
+            e = next((e for e in examples if e["label"] == label and e["kind"] == kind), None)
+            if e is None:
+                axes[r, 2 * k].set_axis_off(), axes[r, 2 * k + 1].set_axis_off()
+                continue
+            where = f"{e['patient']} {e['phase']} s{e['slice_index']}"
+            overlay(axes[r, 2 * k], e["image"], e["mask"], title=f"{kind}: reference\n{where}")
+            overlay(axes[r, 2 * k + 1], e["image"], e["pred"], title=f"prediction, Dice {e['dice']:.2f}")
+        axes[r, 0].text(-0.1, 0.5, label, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    label_legend(fig)
+    return fig
+
+
+def utility_loss_curves(losses: dict[str, pd.DataFrame]) -> plt.Figure:
+    """Training loss of every utility run (``loss.csv`` rows), one line each, log scale."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for name, d in losses.items():
+        ax.plot(d["step"], d["loss"], lw=0.9, label=name)
+    ax.set(xlabel="optimisation step", ylabel="Dice + cross-entropy loss", yscale="log")
+    ax.legend(frameon=False, fontsize=6, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    return fig
+
+
+# -- privacy (notebook 50_privacy) -----------------------------------------------------------------------------------
+def most_similar_pairs(pairs: pd.DataFrame, images: dict[str, np.ndarray], train_images: np.ndarray) -> plt.Figure:
+    """For each set (row pair), its images closest to a training image (top) above that training image (bottom),
+    from ``cmrlib.privacy.most_similar``; titles give the L2 distance, the nearest/second-nearest ratio and the
+    correlation."""
+    sets = list(dict.fromkeys(pairs["set"]))
+    n = int(pairs.groupby("set").size().max())
+    fig, axes = plt.subplots(2 * len(sets), n, figsize=(1.25 * n, 2.6 * len(sets)), squeeze=False)
+    for s, name in enumerate(sets):
+        d = pairs[pairs["set"] == name].sort_values("rank")
+        for c in range(n):
+            top, bottom = axes[2 * s, c], axes[2 * s + 1, c]
+            top.set_axis_off()
+            bottom.set_axis_off()
+            if c >= len(d):
+                continue
+            r = d.iloc[c]
+            top.imshow(images[name][int(r["sample"])], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+            top.set_title(f"L2 {r['l2']:.1f} ratio {r['ratio']:.2f}\nr {r['correlation']:.2f}", fontsize=6,
+                          color="red" if r["flag_copy"] else "black")
+            bottom.imshow(train_images[int(r["train_index"])], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        axes[2 * s, 0].text(-0.1, 0.5, name, transform=axes[2 * s, 0].transAxes, ha="right", va="center", fontsize=8)
+        axes[2 * s + 1, 0].text(-0.1, 0.5, "nearest\ntraining", transform=axes[2 * s + 1, 0].transAxes, ha="right", va="center", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def dcr_histograms(samples: dict[str, pd.DataFrame], reference: str, scores: dict[str, float] | None = None,
+                   column: str = "l2") -> plt.Figure:
+    """Distance to the closest training record: each set's histogram against the ``reference`` set's (the real
+    unseen patients), one panel per set; ``scores`` (the DCR score per set) go into the titles."""
+    names = [k for k in samples if k != reference]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.7), squeeze=False, sharey=False)
+    ref_values = samples[reference][column].to_numpy()
+    for ax, name in zip(axes[0], names):
+        values = samples[name][column].to_numpy()
+        bins = np.linspace(0, max(values.max(), ref_values.max()) * 1.02, 40)
+        ax.hist(values, bins=bins, density=True, alpha=0.6, label=f"{name} (synthetic)")
+        ax.hist(ref_values, bins=bins, density=True, alpha=0.6, label=reference)
+        title = name if scores is None else f"{name}: DCR score {scores[name]:.2f}"
+        ax.set(xlabel=f"distance to closest training image ({column})", title=title)
+        ax.legend(frameon=False, fontsize=6)
+    axes[0, 0].set_ylabel("density")
+    fig.tight_layout()
+    return fig
+
+
+def roc_curves(roc: pd.DataFrame, fpr_mark: float = 0.01) -> plt.Figure:
+    """ROC curves of the membership attacks, one panel per arm, one line per (protocol, attack), from
+    ``cmrlib.privacy.Membership.roc``; log FPR axis, the chance diagonal and the FPR at which TPR is reported."""
+    arms = list(dict.fromkeys(roc["arm"]))
+    fig, axes = plt.subplots(1, len(arms), figsize=(3.2 * len(arms), 3.0), squeeze=False)
+    for ax, arm in zip(axes[0], arms):
+        for r in roc[roc["arm"] == arm].itertuples():
+            fpr, tpr = np.asarray(r.fpr), np.asarray(r.tpr)
+            ax.step(np.clip(fpr, 1e-3, 1), tpr, where="post", lw=1.2, ls="-" if r.protocol == "ours" else "--",
+                    label=f"{r.protocol}, {r.attack}")
+        grid = np.logspace(-3, 0, 50)
+        ax.plot(grid, grid, color="grey", lw=0.8, ls=":", label="chance")
+        ax.axvline(fpr_mark, color="grey", lw=0.6)
+        ax.set(xscale="log", xlim=(1e-3, 1), ylim=(0, 1.01), xlabel="false-positive rate", title=arm)
+    axes[0, 0].set_ylabel("true-positive rate")
+    axes[0, -1].legend(frameon=False, fontsize=6, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def auc_against_noise_level(table: pd.DataFrame, protocols: tuple[str, ...] = ("ours", "reference")) -> plt.Figure:
+    """Membership AUC of the loss attack at each noise level (SNR, log axis), one line per arm with interval bars,
+    one panel per protocol; the aggregated calibrated attack as a dashed horizontal line per arm. From
+    ``cmrlib.privacy.Membership.table``."""
+    fig, axes = plt.subplots(1, len(protocols), figsize=(3.6 * len(protocols), 3.0), squeeze=False, sharey=True)
+    for ax, protocol in zip(axes[0], protocols):
+        d = table[table["protocol"] == protocol]
+        for i, (arm, a) in enumerate(d.groupby("arm", sort=False)):
+            colour = f"C{i}"
+            lv = a[(a["attack"] == "loss") & (a["level"] != "all")].sort_values("snr")
+            err = np.vstack([lv["auc"] - lv["auc_low"], lv["auc_high"] - lv["auc"]]).clip(min=0)
+            ax.errorbar(lv["snr"], lv["auc"], yerr=err, marker="o", ms=3, capsize=2, color=colour, label=arm)
+            cal = a[(a["attack"] == "calibrated") & (a["level"] == "all")]
+            if len(cal):
+                ax.axhline(float(cal["auc"].iloc[0]), color=colour, ls="--", lw=0.8, label=f"{arm}: calibrated, all levels")
+        ax.axhline(0.5, color="grey", ls=":", lw=0.8)
+        ax.set(xscale="log", ylim=(0.3, 1.02), xlabel="SNR of the attacked noise level", title=f"{protocol} protocol")
+    axes[0, 0].set_ylabel("membership AUC (loss attack per level)")
+    axes[0, -1].legend(frameon=False, fontsize=6, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    return fig
+
+
+# -- the paper (90_paper) ----------------------------------------------------------------------------------------------
+def trade_off(table: pd.DataFrame, metrics=("mask_dice", "utility_dice", "mia_auc"), labels: dict | None = None) -> plt.Figure:
+    """One panel per axis metric of the trade-off table (long: arm, metric, label, better, estimate, low, high): each
+    arm's estimate with its interval; the real-only baseline (utility) as a dashed line, chance (AUC 0.5) dotted."""
+    labels = labels or {}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.8))
+    for ax, metric in zip(np.atleast_1d(axes), metrics):
+        rows = table[(table.metric == metric) & (table.arm != "real only")]
+        if rows.empty:
+            ax.set_axis_off()
+            continue
+        x = np.arange(len(rows))
+        err = np.vstack([rows.estimate - rows.low, rows.high - rows.estimate])
+        err = np.where(np.isfinite(err), err, 0)
+        ax.errorbar(x, rows.estimate, yerr=err, fmt="o", capsize=4, color="k")
+        ax.set_xticks(x, [labels.get(a, a) for a in rows.arm])
+        base = table[(table.metric == metric) & (table.arm == "real only")]
+        if len(base):
+            ax.axhline(base.estimate.iloc[0], ls="--", color="grey", label="real only")
+            ax.legend(frameon=False, fontsize=7)
+        if metric == "mia_auc":
+            ax.axhline(0.5, ls=":", color="grey")
+        better = rows.better.iloc[0]
+        ax.set_title(f"{rows.label.iloc[0]}\n({better} is better)", fontsize=8)
+        ax.set_xlim(-0.5, len(rows) - 0.5)
+    fig.tight_layout()
+    return fig
+
+
+def paired_examples(masks: np.ndarray, generated: dict[str, np.ndarray], real: np.ndarray, n: int = 6, seed: int = 0) -> plt.Figure:
+    """Rows: the conditioning masks, each arm's image from them, the real image; ``n`` random paired slices."""
+    idx = np.sort(np.random.default_rng(seed).choice(len(masks), size=min(n, len(masks)), replace=False))
+    rows = [("mask", None)] + [(name.upper(), images) for name, images in generated.items()] + [("real", real)]
+    fig, axes = plt.subplots(len(rows), len(idx), figsize=(1.3 * len(idx), 1.35 * len(rows)), squeeze=False)
+    for r, (name, images) in enumerate(rows):
+        for c, i in enumerate(idx):
+            ax = axes[r, c]
+            if images is None:
+                label_map(ax, masks[i])
+            else:
+                overlay(ax, images[i])
+            if c == 0:
+                ax.text(-0.08, 0.5, name, transform=ax.transAxes, rotation=90, va="center", ha="right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def axis_against_budget(curves: pd.DataFrame, metrics: dict[str, str], x: str = "step") -> plt.Figure:
+    """Each axis against training budget per arm (long: arm, <x>, one column per metric, optional <metric>_low/_high)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.8), squeeze=False)
+    for ax, (metric, title) in zip(axes[0], metrics.items()):
+        if metric not in curves:
+            ax.set_axis_off()
+            continue
+        for arm, rows in curves.groupby("arm", sort=False):
+            rows = rows.sort_values(x)
+            ax.plot(rows[x], rows[metric], marker="o", label=arm.upper())
+            if f"{metric}_low" in rows and rows[f"{metric}_low"].notna().any():
+                ax.fill_between(rows[x], rows[f"{metric}_low"], rows[f"{metric}_high"], alpha=0.2)
+        ax.set_xlabel(x.replace("_", " "))
+        ax.set_title(title, fontsize=8)
+    axes[0, 0].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -13,8 +13,9 @@ def save_figure(fig: plt.Figure, folder: str | Path, name: str, dpi: int = 150) 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
+    # no creation date in the PDF: the same run gives byte-identical files
     fig.savefig(paths[0], dpi=dpi, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None})
     return paths
 
 

@@ -42,6 +42,9 @@ STAGE_OUTPUTS: dict[str, list[str]] = {
     "21_ldm": ["checkpoints/ldm/last.pt", "samples/ldm/paired.npz", "samples/ldm/synthetic.npz"],
     "22_flow_matching": ["checkpoints/fm/last.pt", "samples/fm/paired.npz", "samples/fm/synthetic.npz"],
     "30_fidelity": ["checkpoints/reference_segmenter/last.pt", "metrics/fidelity.json", "tables/fidelity_metrics.csv"],
+    "40_utility": ["metrics/utility.json"],
+    "50_privacy": ["metrics/privacy.json"],
+    "90_paper": ["paper/paper.md", "paper/numbers.json"],
 }
 
 VERSIONED = ("torch", "diffusers", "monai", "accelerate", "numpy", "pandas", "papermill", "scikit-learn", "scipy")

@@ -23,3 +23,14 @@ def small_params() -> StudyParams:
             },
         }
     )
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke study (params/smoke.yaml, every notebook), run once per test session: (run record, run folder, log)."""
+    from cmrlib import study
+
+    runs = tmp_path_factory.mktemp("runs")
+    log: list[str] = []
+    record = study.run(REPO / "params/smoke.yaml", runs_dir=runs, echo=log.append)
+    return record, runs / "smoke", log

@@ -175,7 +175,7 @@ def test_evaluation_of_an_oracle_generator_and_json(tiny_run):
     assert (rows["low"] <= rows["estimate"]).all() and (rows["estimate"] <= rows["high"]).all()
     summary = fidelity.summary(table)
     assert list(summary.columns) == ["ddpm", "fm", "real", "mean image"] and "fid" in summary.index
-    checkpoints = fidelity.quality_against_training_step(paths, ref, segmenter, arms=("ddpm",))
+    checkpoints = fidelity.quality_against_training_step(p, paths, ref, segmenter, arms=("ddpm",))
     assert checkpoints.empty  # no paired_step files in this run
     path = fidelity.save(p, paths, ref, table, checkpoints, checkpoints, result)
     record = json.loads(path.read_text())

@@ -40,3 +40,29 @@ def test_unknown_arm_is_an_error():
     p = params.load(params.project_root() / "params/smoke.yaml")
     with pytest.raises(ValueError, match="ddpm, ldm, fm"):
         generation.build_arm(p, "gan")
+
+
+def test_kept_checkpoints_are_ordered_distinct_loadable_and_sampled(smoke_run):
+    """The compute axis: every arm keeps checkpoints at fractions of its budget, each with its own weights and samples."""
+    import torch
+
+    from cmrlib import training
+
+    _, run_dir, _ = smoke_run
+    paths = RunPaths(run_dir)
+    p = params.load(run_dir / "params.yaml")
+    for arm in generation.ARMS:
+        kept = training.kept_checkpoints(paths.checkpoints / arm)
+        steps = list(kept)
+        assert steps == sorted(steps) and len(steps) >= 3 and steps[-1] == p.generators.arm(arm).train.steps
+        weights = []
+        for step in steps:
+            model, ckpt = generation.load_arm(p, paths, arm, step=step)
+            assert ckpt["step"] == step
+            weights.append(torch.cat([t.flatten() for t in model.state_dict().values() if t.is_floating_point()]))
+        assert all(not torch.equal(a, b) for a, b in zip(weights, weights[1:])), f"{arm}: identical weights at two kept steps"
+        by_step = generation.synthetic_by_step(p, paths, arm)
+        assert list(by_step) == steps
+        first = by_step[steps[0]]["masks"]
+        assert all(np.array_equal(s["masks"], first) for s in by_step.values())  # the same masks at every budget
+        assert not np.array_equal(by_step[steps[0]]["images"], by_step[steps[-1]]["images"])

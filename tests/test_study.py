@@ -80,12 +80,10 @@ def test_fingerprints_chain_changes_downstream(tmp_path):
     assert first.exists()
 
 
-def test_smoke_study_runs_every_notebook_then_skips_unchanged_stages(tmp_path):
+def test_smoke_study_runs_every_notebook_then_skips_unchanged_stages(smoke_run):
     """The smoke run of all notebooks (the README's main command with params/smoke.yaml)."""
-    runs = tmp_path / "runs"
-    log: list[str] = []
-    record = study.run(REPO / "params/smoke.yaml", runs_dir=runs, echo=log.append)
-    run_dir = runs / "smoke"
+    record, run_dir, log = smoke_run
+    runs = run_dir.parent
     assert [s.name for s in study.discover_stages()] == list(record["stages"])
     for name, entry in record["stages"].items():
         assert entry["status"] == "done", name

@@ -1,0 +1,258 @@
+"""``python -m cmrlib.bench``: what the study costs on this machine, printed as tables and written as JSON.
+
+    python -m cmrlib.bench [--params params/default.yaml] [--paper-params params/paper.yaml] [--run runs/default]
+                           [--repeats 5] [--out bench.json] [--quick]
+
+Sections (medians over ``--repeats``; peak memory of the process as it grows):
+
+- ``peak``: this machine's float32 matrix-product rate (a 2048 x 2048 product), the ceiling for the rates below;
+- ``training``: optimisation steps of each model through the study's own loop (:func:`cmrlib.training.train`: EMA,
+  clipping, logging), images per second, FLOPs per step (``torch.utils.flop_counter``) and the achieved share of the
+  peak; for the image arms, **in the same run**, the same network trained by the plain float32 loop of the reference
+  study's code (diffusers scheduler ``add_noise``, MSE, AdamW, nothing else) and the ratio of the two;
+- ``sampling``: seconds per image of each sampler at several step counts, beside the quality reached at that step
+  count when the run given by ``--run`` has a fidelity notebook's steps table;
+- ``metrics``: cost as the number of images grows (feature extraction, exact nearest neighbours at 1k, 5k and 10k,
+  the membership attack's errors);
+- ``stages``: wall time and peak memory of each stage of the last study run (``run.json`` of ``--run``).
+
+Nothing here is a test: timings are noisy on a shared CPU; compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import generation, training
+from .data.records import write_json
+from .labels import NUM_CLASSES
+from .models import one_hot
+from .params import ARMS, StudyParams
+from .params import load as load_params
+from .paths import project_root
+
+
+def _median_time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_gflops(repeats: int, n: int = 2048) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / _median_time(lambda: a @ b, repeats) / 1e9
+
+
+# -- training ----------------------------------------------------------------------------------------------------------
+def _batch(params: StudyParams, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images and masks of the params' size (timing does not depend on the content)."""
+    size = params.data.image_size
+    x = torch.rand(batch_size, 1, size, size, generator=generator) * 2 - 1
+    masks = torch.randint(0, NUM_CLASSES, (batch_size, size, size), generator=generator)
+    return x, one_hot(masks)
+
+
+def _models(params: StudyParams) -> dict[str, tuple[torch.nn.Module, object]]:
+    """name -> (untrained model, its TrainParams-like budget): the mask prior, each arm, the segmentation network."""
+    from .utility import build_segmenter
+
+    out = {"mask_prior": (generation.build_mask_prior(params), params.generators.mask_prior.train)}
+    for arm in ARMS:
+        model = generation.build_arm(params, arm)
+        out[arm] = (model, params.generators.arm(arm).train)
+    out["segmentation"] = (build_segmenter(params), params.utility.segmenter)
+    return out
+
+
+def _our_step_seconds(model, x, cond, batch_size: int, repeats: int, folder: Path) -> float:
+    """Median seconds per step of the study's training loop (from ``loss.csv`` written at every step)."""
+    n = x.shape[0]
+    cfg = training.TrainConfig(steps=repeats + 2, batch_size=batch_size, lr=1e-4, warmup_steps=1, checkpoint_every=10**6,
+                               keep_fractions=(1.0,), log_every=1, seed=0)
+    result = training.train(model, x[:n], None if cond is None else cond[:n], cfg, folder, desc="bench")
+    elapsed = result.losses["elapsed_s"].to_numpy()
+    return float(np.median(np.diff(elapsed)[1:]))
+
+
+def _reference_step(unet: torch.nn.Module, x: torch.Tensor, cond: torch.Tensor | None):
+    """One step of the reference study's plain float32 loop on the same network (diffusers scheduler, MSE, AdamW):
+    the same cost for every arm's UNet, whatever its target (noise or velocity)."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+
+    def step():
+        noise = torch.randn_like(x)
+        t = torch.randint(0, 1000, (x.shape[0],))
+        noisy = scheduler.add_noise(x, noise, t)
+        inp = noisy if cond is None else torch.cat([noisy, F.interpolate(cond, size=x.shape[-2:], mode="area")], 1)
+        loss = F.mse_loss(unet(inp, t).sample, noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _flops_per_step(model, x, cond) -> float:
+    g = torch.Generator().manual_seed(0)
+    with FlopCounterMode(display=False) as counter:
+        model.loss(x, cond, g).backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def training_table(params: StudyParams, repeats: int, peak: float, size_name: str, batch_cap: int | None = None) -> pd.DataFrame:
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for name, (model, budget) in _models(params).items():
+        batch_size = min(budget.batch_size, batch_cap) if batch_cap else budget.batch_size
+        x, masks = _batch(params, max(batch_size, 2 * batch_size), g)
+        cond = None if name == "mask_prior" else masks
+        if name == "mask_prior":
+            x = masks * 2 - 1
+        if name == "ldm":  # the latent UNet trains on latents of the frozen autoencoder
+            model.autoencoder.requires_grad_(False)
+            model.set_latent_scale(x)
+        with tempfile.TemporaryDirectory() as tmp:
+            ours = _our_step_seconds(model, x, cond, batch_size, repeats, Path(tmp))
+        bx, bc = x[:batch_size], None if cond is None else cond[:batch_size]
+        flops = _flops_per_step(model, bx, bc)
+        row = {"size": size_name, "model": name, "params_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+               "batch": batch_size, "s_per_step": ours, "images_per_s": batch_size / ours, "gflop_per_step": flops / 1e9,
+               "achieved_gflops": flops / ours / 1e9, "pct_of_peak": 100 * flops / ours / 1e9 / peak}
+        if name in ARMS:
+            unet, rx = (model.diffusion.net, model.to_latent(bx).detach()) if name == "ldm" else (model.net, bx)
+            ref = _median_time(_reference_step(unet, rx, bc), repeats)
+            row.update({"reference_s_per_step": ref, "ours_vs_reference": ref / ours})
+        rows.append(row)
+        print(f"  {size_name} {name}: {ours:.3f} s/step", flush=True)
+    return pd.DataFrame(rows)
+
+
+# -- sampling ----------------------------------------------------------------------------------------------------------
+SAMPLERS = {"ddpm": ("ancestral", "ddim", "dpmsolver++"), "ldm": ("ancestral", "ddim", "dpmsolver++"), "fm": ("euler", "midpoint", "heun")}
+
+
+def sampling_table(params: StudyParams, steps: list[int], n_images: int, run: Path | None) -> pd.DataFrame:
+    g = torch.Generator().manual_seed(0)
+    _, masks = _batch(params, n_images, g)
+    quality = pd.DataFrame()
+    if run is not None and (run / "tables" / "fidelity_steps.csv").is_file():
+        quality = pd.read_csv(run / "tables" / "fidelity_steps.csv")
+    rows = []
+    for arm in ARMS:
+        model = generation.build_arm(params, arm).eval()
+        if arm == "ldm":
+            model.set_latent_scale(torch.rand(4, 1, params.data.image_size, params.data.image_size))
+        for sampler in SAMPLERS[arm]:
+            for n_steps in steps:
+                gen = torch.Generator().manual_seed(0)
+                seconds = _median_time(lambda: model.sample(masks, sampler=sampler, steps=n_steps, generator=gen), 1, warmup=0)
+                row = {"arm": arm, "sampler": sampler, "steps": n_steps, "s_per_image": seconds / n_images}
+                q = quality[(quality.get("arm") == arm) & (quality.get("sampler") == sampler) & (quality.get("steps") == n_steps)] if len(quality) else quality
+                if len(q):
+                    row.update({"fid_seg": float(q.fid_seg.iloc[0]), "dice_mean": float(q.dice_mean.iloc[0])})
+                rows.append(row)
+        print(f"  sampling {arm} done", flush=True)
+    return pd.DataFrame(rows)
+
+
+# -- metrics -----------------------------------------------------------------------------------------------------------
+def metrics_table(params: StudyParams, sizes: list[int], repeats: int) -> pd.DataFrame:
+    from . import metrics
+    from .metrics import privacy
+    from .utility import build_segmenter
+
+    size = params.data.image_size
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    space = metrics.seg_features(build_segmenter(params).eval())
+    arm = generation.build_arm(params, "ddpm").eval()
+    for n in sizes:
+        images = (torch.rand(n, size, size, generator=g) * 2 - 1).numpy()
+        rows.append({"what": "seg features", "n": n, "seconds": _median_time(lambda: space(images), 1, warmup=0)})
+        rows.append({"what": "nearest neighbours (L2, n x n)", "n": n,
+                     "seconds": _median_time(lambda: privacy.nearest_l2(images, images, k=2), max(1, repeats // 2), warmup=0)})
+        if n <= 1000:
+            x = torch.from_numpy(images)[:, None]
+            cond = one_hot(torch.randint(0, NUM_CLASSES, (n, size, size), generator=g))
+
+            def errors():
+                for i in range(0, n, 256):
+                    arm.error_at(x[i : i + 256], cond[i : i + 256], 1.0, torch.Generator().manual_seed(0))
+
+            rows.append({"what": "membership errors (DDPM, 1 level, 1 draw)", "n": n, "seconds": _median_time(errors, 1, warmup=0)})
+        print(f"  metrics at {n} images done", flush=True)
+    return pd.DataFrame(rows)
+
+
+def stages_table(run: Path | None) -> pd.DataFrame:
+    if run is None or not (run / "run.json").is_file():
+        return pd.DataFrame(columns=["stage", "wall_s", "peak_rss_mb"])
+    record = json.loads((run / "run.json").read_text())
+    return pd.DataFrame([{"stage": k, "wall_s": v.get("wall_s"), "peak_rss_mb": v.get("peak_rss_mb")} for k, v in record["stages"].items()])
+
+
+def main(argv: list[str] | None = None) -> int:
+    root = project_root()
+    parser = argparse.ArgumentParser(prog="python -m cmrlib.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default=str(root / "params/default.yaml"))
+    parser.add_argument("--paper-params", default=str(root / "params/paper.yaml"))
+    parser.add_argument("--run", default=str(root / "runs/default"), help="a study run whose run.json and fidelity steps table to read")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default="bench.json")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: check that the benchmark runs (numbers meaningless)")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    run = Path(args.run) if Path(args.run).exists() else None
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    peak = peak_gflops(args.repeats, 512 if args.quick else 2048)
+    print(f"peak float32 matrix product: {peak:.1f} GFLOP/s ({torch.get_num_threads()} threads)", flush=True)
+    tables = {"training": [training_table(params, args.repeats, peak, "default")]}
+    if not args.quick:
+        paper = load_params(args.paper_params, ["data.source=phantom", "data.root=null"])
+        tables["training"].append(training_table(paper, max(2, args.repeats // 2), peak, "paper", batch_cap=8))
+    tables["training"] = pd.concat(tables["training"], ignore_index=True)
+    tables["sampling"] = sampling_table(params, [5, 10] if args.quick else [10, 20, 50], 4 if args.quick else 16, run)
+    tables["metrics"] = metrics_table(params, [200, 500] if args.quick else [1000, 5000, 10000], args.repeats)
+    tables["stages"] = stages_table(run)
+    record = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                          "threads": torch.get_num_threads(), "torch": torch.__version__, "cuda": torch.cuda.is_available()},
+              "peak_gflops": peak, "peak_rss_mb": peak_rss_mb(), "wall_s": time.perf_counter() - started,
+              "quick": args.quick, **{k: v.to_dict(orient="records") for k, v in tables.items()}}
+    for name, table in tables.items():
+        print(f"\n## {name}\n")
+        print(table.to_markdown(index=False, floatfmt=".3g") if len(table) else "(none)")
+    print(f"\npeak memory {record['peak_rss_mb']:.0f} MB, {record['wall_s']:.0f} s")
+    write_json(args.out, record)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

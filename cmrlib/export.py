@@ -1,0 +1,201 @@
+"""Synthetic data a user can take away: new samples from a trained run, and export behind a privacy gate.
+
+- :func:`generate` makes ``n`` new image/mask pairs with a run's trained mask prior and arm (stage 1, then stage 2),
+  saved as ``samples/<arm>/generated_n<N>_seed<S>.npz`` with a row in ``samples/<arm>/samples.csv``.
+- :func:`export` writes a sample set as NIfTI pairs, an nnU-Net raw data set (``imagesTr/``, ``labelsTr/``,
+  ``dataset.json``) or one ``.npz``, with a data card (``data_card.json`` and ``data_card.md``: the model, its
+  training patients, the sampler, the run's fidelity and privacy results).
+- The **privacy gate** (:func:`privacy_gate`) refuses an arm whose share of copies or membership AUC (from
+  ``metrics/privacy.json``, the notebook ``50_privacy``) exceeds ``export.max_copy_share`` / ``export.max_mia_auc``
+  of the run's params, naming the numbers; an explicit override reason lets it through and is written into the card.
+
+NIfTI convention: a slice ``(rows, cols)`` is stored as voxel array ``(cols, rows, 1)`` (voxel axis 0 = image columns,
+as the ACDC files, so ``nibabel.load(f).get_fdata()[:, :, 0].T`` gives the slice back), float32 images in [-1, 1],
+uint8 labels (0 background, 1 LV, 2 MYO, 3 RV), in-plane spacing ``data.spacing_mm``, nominal 1 mm through-plane.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, generation
+from .data.records import write_json
+from .labels import CLASSES
+from .params import ARMS, StudyParams
+from .params import load as load_params
+from .paths import RunPaths, atomic_path
+
+FORMATS = ("nifti", "nnunet", "npz")
+
+
+class PrivacyGateError(RuntimeError):
+    """An arm whose privacy results exceed the run's thresholds (the message names the numbers and the override)."""
+
+
+def open_run(run: str | Path) -> tuple[StudyParams, RunPaths]:
+    """A run folder (a path holding ``params.yaml``) or a run name under ``runs/``."""
+    path = Path(run)
+    paths = RunPaths(path.resolve()) if (path / "params.yaml").is_file() else RunPaths.for_run(str(run))
+    if not paths.params.is_file():
+        raise FileNotFoundError(f"run {run!r}: no params.yaml at {paths.params}; give a run folder written by "
+                                "`python -m cmrlib.study run` or the name of one under runs/")
+    return load_params(paths.params), paths
+
+
+def _check_arm(arm: str) -> None:
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; choose one of: {', '.join(ARMS)}")
+
+
+def generate(run: str | Path, arm: str, n: int, seed: int | None = None) -> Path:
+    """``n`` new pairs: masks from the run's mask prior, images from its ``arm`` (final weights, the params' sampler)."""
+    _check_arm(arm)
+    params, paths = open_run(run)
+    seed = params.seed if seed is None else seed
+    prior, _ = generation.load_arm(params, paths, "mask_prior")
+    masks = generation.sample_masks(prior, n, params.generators.mask_prior.sample, generation.seed_for(seed, "generate", "masks"))
+    model, ckpt = generation.load_arm(params, paths, arm)
+    sampling = params.generators.arm(arm).sample
+    image_seed = generation.seed_for(seed, "generate", arm)
+    start = time.perf_counter()
+    images = generation.generate(model, masks, sampling, image_seed, desc=f"{arm} generate")
+    record = generation.sample_record("generated", image_seed, sampling, ckpt, start)
+    return generation.save_samples(paths, arm, f"generated_n{n}_seed{seed}", record=record, images=images, masks=masks)
+
+
+def privacy_results(paths: RunPaths, arm: str) -> dict:
+    """The arm's record of ``metrics/privacy.json`` (written by ``50_privacy``)."""
+    path = paths.metrics / "privacy.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the privacy gate needs the results of the notebook 50_privacy; "
+                                "run the study (or `--only 50_privacy`) first")
+    for record in json.loads(path.read_text())["summary"]:
+        if record["arm"] == arm:
+            return record
+    raise KeyError(f"{path} has no privacy results for arm {arm!r}")
+
+
+def privacy_gate(params: StudyParams, results: dict, override: str | None = None) -> dict:
+    """Compare an arm's copy share and membership AUC with ``export.max_copy_share`` and ``export.max_mia_auc``.
+    Returns the decision (recorded in the data card); raises :class:`PrivacyGateError` when a number exceeds its
+    threshold and no ``override`` reason is given."""
+    limits = {"copy_share": params.export.max_copy_share, "mia_auc": params.export.max_mia_auc}
+    failures = []
+    for key, limit in limits.items():
+        value = results.get(key)
+        if value is None or not np.isfinite(value):
+            failures.append(f"{key} is missing from the privacy results")
+        elif value > limit:
+            failures.append(f"{key} = {value:.3f} exceeds export.max_{key} = {limit}")
+    decision = {"limits": limits, "values": {k: results.get(k) for k in limits}, "passed": not failures,
+                "failures": failures, "override": override}
+    if failures and not override:
+        raise PrivacyGateError(f"privacy gate: arm {results.get('arm')!r} refused: " + "; ".join(failures) +
+                               ". Raise the thresholds in the params' `export` section, or pass --override-privacy-gate "
+                               "REASON to export anyway (the reason is written into the data card).")
+    return decision
+
+
+def _nifti(array: np.ndarray, spacing: float, dtype) -> "nibabel.Nifti1Image":  # noqa: F821
+    import nibabel as nib
+
+    affine = np.diag([spacing, spacing, 1.0, 1.0])
+    image = nib.Nifti1Image(np.ascontiguousarray(array.T[:, :, None]).astype(dtype), affine)
+    image.header.set_xyzt_units("mm")
+    return image
+
+
+def _write_pairs(images: np.ndarray, masks: np.ndarray, out: Path, spacing: float, layout: str, prefix: str) -> list[str]:
+    import nibabel as nib
+
+    cases = [f"{prefix}_{i:05d}" for i in range(len(images))]
+    image_dir, label_dir = (out / "imagesTr", out / "labelsTr") if layout == "nnunet" else (out / "images", out / "labels")
+    image_dir.mkdir(parents=True, exist_ok=True)
+    label_dir.mkdir(parents=True, exist_ok=True)
+    image_name = "{}_0000.nii.gz" if layout == "nnunet" else "{}.nii.gz"  # nnU-Net: _0000 is the channel index
+    for case, image, mask in zip(cases, images, masks):
+        nib.save(_nifti(image, spacing, np.float32), image_dir / image_name.format(case))
+        nib.save(_nifti(mask, spacing, np.uint8), label_dir / f"{case}.nii.gz")
+    return cases
+
+
+def data_card(params: StudyParams, paths: RunPaths, arm: str, samples: str, n: int, gate: dict) -> dict:
+    """What the exported set is and what the run measured about it."""
+    table = generation.samples_table(paths, arm)
+    row = table[table["file"] == f"{samples}.npz"].iloc[-1].to_dict()
+    fidelity = {}
+    fid_path = paths.metrics / "fidelity.json"
+    if fid_path.is_file():
+        for r in json.loads(fid_path.read_text())["metrics"]:
+            if r["set"] == arm and r["metric"] in ("dice_mean", "fid", "kid"):
+                fidelity[r["metric"]] = {k: r[k] for k in ("estimate", "low", "high")}
+    privacy = privacy_results(paths, arm) if (paths.metrics / "privacy.json").is_file() else {}
+    return {
+        "arm": arm, "samples": samples, "n": n, "cmrlib_version": __version__,
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run": {"name": params.run_name, "folder": str(paths.root), "params_digest": params.digest(), "seed": params.seed},
+        "training_data": {"source": params.data.source, "train_patients": params.data.n_train_patients,
+                          "domains": params.data.train_domains, "image_size": params.data.image_size,
+                          "spacing_mm": params.data.spacing_mm},
+        "generation": {k: row.get(k) for k in ("seed", "sampler", "steps", "weights", "checkpoint_step")},
+        "masks": "stage-1 masks of the run's mask prior" if samples != "paired" else "real test masks",
+        "fidelity": fidelity, "privacy": privacy, "privacy_gate": gate,
+        "labels": {str(k): v for k, v in CLASSES.items()},
+    }
+
+
+def _card_markdown(card: dict) -> str:
+    gate = card["privacy_gate"]
+    verdict = "passed" if gate["passed"] else f"FAILED, exported by override: {gate['override']}"
+    lines = [f"# Synthetic cardiac MRI: {card['arm'].upper()}, {card['n']} image/mask pairs", "",
+             f"- run `{card['run']['name']}` (params digest {card['run']['params_digest']}), cmrlib {card['cmrlib_version']}",
+             f"- trained on {card['training_data']['train_patients']} patients ({card['training_data']['source']}, "
+             f"domains {', '.join(card['training_data']['domains'])}), {card['training_data']['image_size']} px",
+             f"- sampler {card['generation']['sampler']}, {card['generation']['steps']} steps, {card['generation']['weights']} "
+             f"weights of step {card['generation']['checkpoint_step']}; masks: {card['masks']}",
+             f"- privacy gate: {verdict} ({'; '.join(gate['failures']) or 'all numbers within the thresholds'})", "",
+             "## Fidelity", ""]
+    lines += [f"- {k}: {v['estimate']:.3f}" + (f" [{v['low']:.3f}, {v['high']:.3f}]" if v.get("low") is not None else "")
+              for k, v in card["fidelity"].items()] or ["- not measured (run 30_fidelity)"]
+    lines += ["", "## Privacy", ""]
+    lines += [f"- {k}: {v:.3f}" for k, v in card["privacy"].items() if isinstance(v, float)] or ["- not measured"]
+    return "\n".join(lines) + "\n"
+
+
+def export(run: str | Path, arm: str, fmt: str, out: str | Path, samples: str = "synthetic", override: str | None = None) -> Path:
+    """Write the sample set ``samples`` of ``arm`` to ``out`` in ``fmt`` (nifti, nnunet or npz) with its data card,
+    after the privacy gate. Refuses a non-empty ``out`` so that nothing already there is overwritten."""
+    _check_arm(arm)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    params, paths = open_run(run)
+    gate = privacy_gate(params, privacy_results(paths, arm), override)
+    data = generation.load_samples(paths, arm, samples)
+    images, masks = data["images"], data["masks"]
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty: export into a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    spacing = params.data.spacing_mm
+    if fmt == "npz":
+        with atomic_path(out / f"{arm}_{samples}.npz") as tmp:
+            np.savez_compressed(tmp, images=images, masks=masks)
+    else:
+        cases = _write_pairs(images, masks, out, spacing, fmt, f"{arm}")
+        if fmt == "nnunet":
+            write_json(out / "dataset.json", {
+                "channel_names": {"0": "MRI"}, "labels": {name: value for value, name in CLASSES.items()},
+                "numTraining": len(cases), "file_ending": ".nii.gz",
+                "name": f"synthetic_cmr_{arm}", "description": f"synthetic short-axis CMR from the {arm.upper()} arm of run {params.run_name}"})
+    card = data_card(params, paths, arm, samples, len(images), gate)
+    write_json(out / "data_card.json", card)
+    (out / "data_card.md").write_text(_card_markdown(card))
+    return out
+
+
+__all__ = ["FORMATS", "PrivacyGateError", "open_run", "generate", "privacy_results", "privacy_gate", "data_card", "export"]

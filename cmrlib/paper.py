@@ -1,0 +1,470 @@
+"""The paper, regenerated from a run's metrics files: what the notebook ``90_paper`` calls.
+
+Reads ``metrics/fidelity.json``, ``metrics/utility.json`` and ``metrics/privacy.json`` (and, for the sample figure,
+``samples/<arm>/paired.npz`` with the real test images of ``data/``). Writes ``paper/`` of the run:
+
+- ``paper/tables/``: the trade-off table and the verdicts on the reference study's claims (CSV, Markdown, LaTeX);
+- ``paper/figures/``: the trade-off, samples, utility and privacy figures (PNG, PDF);
+- ``paper/numbers.json`` and ``paper/numbers.tex`` (LaTeX macros): every number the text quotes, and nothing else;
+- ``paper/paper.md`` and ``paper/main.tex``: the manuscript, rendered from one list of blocks whose numbers all come
+  from the numbers file (methods from the run's params, results from the metrics).
+
+With ``paper.publish_dir`` set (the default run: ``paper/`` of the repository) the folder is copied there.
+
+Verdicts on claims use the intervals only: a claim that arm A is best on a metric is *confirmed* when A's interval
+lies entirely on the better side of every other arm's, *refuted* when another arm's interval lies entirely on the
+better side of A's, and *inconclusive* otherwise (overlapping intervals, or a point value without interval).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import report
+from .data.records import write_json
+from .params import ARMS, StudyParams, resolve_path
+from .paths import RunPaths
+
+STAGE = "90_paper"
+LABELS = {"ddpm": "DDPM", "ldm": "LDM", "fm": "FM"}
+MADE_BY = {"fidelity": "30_fidelity", "utility": "40_utility", "privacy": "50_privacy"}
+
+# the trade-off's metrics: (axis, key, label, better), better = "higher" or "lower"
+AXES = [
+    ("fidelity", "mask_dice", "mask faithfulness (mean Dice)", "higher"),
+    ("fidelity", "fid_seg", "FID (seg space)", "lower"),
+    ("utility", "utility_dice", "Dice, real + synthetic, fewest real patients", "higher"),
+    ("utility", "utility_delta", "change vs real only (Dice)", "higher"),
+    ("utility", "cross_dice", "Dice, real + synthetic, cross-domain", "higher"),
+    ("privacy", "mia_auc", "membership AUC (ours)", "lower"),
+    ("privacy", "copy_share", "share flagged as copies", "lower"),
+    ("privacy", "dcr_score", "DCR score (0.5: no closer than unseen)", "lower"),
+]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A headline claim of the reference study, as a comparison on one metric of the trade-off table."""
+
+    key: str
+    text: str
+    metric: str
+    subject: str
+    kind: str = "best"  # best: subject better than every other arm; below: subject worse than `other`
+    other: str | None = None
+
+
+CLAIMS = [
+    Claim("fidelity_ddpm_best", "DDPM gives the best fidelity", "mask_dice", "ddpm"),
+    Claim("utility_ddpm_best", "DDPM gives the best utility with limited data", "utility_dice", "ddpm"),
+    Claim("privacy_ddpm_best", "DDPM gives the best privacy", "mia_auc", "ddpm"),
+    Claim("privacy_fm_best", "FM shows the most promising privacy", "mia_auc", "fm"),
+    Claim("utility_fm_below_ddpm", "FM gives (slightly) lower segmentation performance than DDPM", "utility_dice", "fm", "below", "ddpm"),
+]
+
+
+# -- reading ---------------------------------------------------------------------------------------------------------
+def load_results(paths: RunPaths) -> dict[str, dict]:
+    """The three metrics files of the run; a missing one names the notebook that writes it."""
+    out = {}
+    for axis, notebook in MADE_BY.items():
+        path = paths.metrics / f"{axis}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: it is written by the notebook {notebook}; run the study first")
+        out[axis] = json.loads(path.read_text())
+    return out
+
+
+def _num(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _utility_rows(utility: dict) -> pd.DataFrame:
+    table = pd.DataFrame(utility["summary"])
+    for col in ("dice_mean", "dice_mean_low", "dice_mean_high", "delta_vs_real", "delta_low", "delta_high", "p_holm"):
+        if col not in table:
+            table[col] = math.nan
+        table[col] = pd.to_numeric(table[col], errors="coerce")
+    return table
+
+
+def smallest_n(utility: dict) -> int:
+    """The fewest real patients of the real + synthetic regimes (the limited-data setting of the claims)."""
+    t = _utility_rows(utility)
+    return int(t.loc[t.regime == "real+synthetic", "n_real_patients"].min())
+
+
+def trade_off(results: dict[str, dict], arms=ARMS) -> pd.DataFrame:
+    """Long table: arm, axis, metric, label, better, estimate, low, high (NaN where the metric has no interval).
+    Utility rows add the real-only baseline as arm ``real only``."""
+    fid = {(r["set"], r["metric"]): r for r in results["fidelity"]["metrics"]}
+    util = _utility_rows(results["utility"])
+    n = smallest_n(results["utility"])
+    crosses = sorted(s for s in util.eval_set.unique() if s != "test")
+    privacy = {r["arm"]: r for r in results["privacy"]["summary"]}
+    labels = {key: (axis, label, better) for axis, key, label, better in AXES}
+    rows = []
+
+    def add(arm, key, estimate, low=math.nan, high=math.nan):
+        axis, label, better = labels[key]
+        rows.append({"arm": arm, "axis": axis, "metric": key, "label": label, "better": better,
+                     "estimate": _num(estimate), "low": _num(low), "high": _num(high)})
+
+    def utility_row(regime, arm, eval_set):
+        sel = util[(util.regime == regime) & (util.arm == arm) & (util.n_real_patients == n) & (util.eval_set == eval_set)]
+        return sel.iloc[0] if len(sel) else None
+
+    for arm in list(arms) + ["real only"]:
+        if arm in arms:
+            r = fid.get((arm, "dice_mean"))
+            if r:
+                add(arm, "mask_dice", r["estimate"], r["low"], r["high"])
+            fid_row = fid.get((arm, "fid"))
+            if fid_row:
+                add(arm, "fid_seg", fid_row["estimate"])
+        regime, name = ("real", "none") if arm == "real only" else ("real+synthetic", arm)
+        u = utility_row(regime, name, "test")
+        if u is not None:
+            add(arm, "utility_dice", u.dice_mean, u.dice_mean_low, u.dice_mean_high)
+            if arm in arms:
+                add(arm, "utility_delta", u.delta_vs_real, u.delta_low, u.delta_high)
+        if crosses:
+            c = utility_row(regime, name, crosses[0])
+            if c is not None:
+                add(arm, "cross_dice", c.dice_mean, c.dice_mean_low, c.dice_mean_high)
+        p = privacy.get(arm)
+        if p:
+            for key in ("mia_auc", "copy_share", "dcr_score"):
+                add(arm, key, p.get(key), p.get(f"{key}_low"), p.get(f"{key}_high"))
+    return pd.DataFrame(rows)
+
+
+# -- verdicts --------------------------------------------------------------------------------------------------------
+def _better_than(a: pd.Series, b: pd.Series, better: str) -> bool:
+    """a's interval entirely on the better side of b's."""
+    return bool(a.low > b.high) if better == "higher" else bool(a.high < b.low)
+
+
+def judge(claim: Claim, table: pd.DataFrame) -> dict:
+    """The verdict on one claim, decided by the intervals of ``table`` (see the module docstring)."""
+    rows = table[table.metric == claim.metric].set_index("arm")
+    others = [claim.other] if claim.kind == "below" else [a for a in rows.index if a in ARMS and a != claim.subject]
+    missing = [a for a in [claim.subject, *others] if a not in rows.index or not np.isfinite(rows.loc[a, ["low", "high"]].astype(float)).all()]
+    if missing:
+        return {"claim": claim.text, "metric": claim.metric, "verdict": "inconclusive", "reason": f"no interval for {', '.join(missing)}"}
+    better = rows.loc[claim.subject, "better"]
+    s = rows.loc[claim.subject]
+    if claim.kind == "below":
+        o = rows.loc[claim.other]
+        verdict = "confirmed" if _better_than(o, s, better) else "refuted" if _better_than(s, o, better) else "inconclusive"
+    else:
+        if all(_better_than(s, rows.loc[o], better) for o in others):
+            verdict = "confirmed"
+        elif any(_better_than(rows.loc[o], s, better) for o in others):
+            verdict = "refuted"
+        else:
+            verdict = "inconclusive"
+    intervals = "; ".join(f"{LABELS.get(a, a)} {rows.loc[a, 'estimate']:.3f} [{rows.loc[a, 'low']:.3f}, {rows.loc[a, 'high']:.3f}]"
+                          for a in [claim.subject, *others])
+    return {"claim": claim.text, "metric": claim.metric, "verdict": verdict, "reason": intervals}
+
+
+def verdicts(table: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
+    return pd.DataFrame([{"key": c.key, **judge(c, table)} for c in claims])
+
+
+BUDGET_METRICS = {"mask_dice": ("fidelity", "dice_mean"), "utility_dice": ("utility", "dice_mean"), "mia_auc": ("privacy", "mia_auc"),
+                  "copy_share": ("privacy", "copy_share")}
+
+
+def budget_curves(results: dict[str, dict], params: StudyParams) -> pd.DataFrame:
+    """Each axis at every kept checkpoint (the compute axis), one row per (arm, step): ``fraction`` of the arm's step
+    budget, ``train_elapsed_s``, and per metric of :data:`BUDGET_METRICS` its estimate with ``_low`` / ``_high`` where
+    the axis notebook gave an interval. Read from the ``*_against_training_step`` records of the metrics files."""
+    fid = results["fidelity"].get("quality_against_training_step", [])
+    frame = pd.DataFrame(fid)
+    if frame.empty:
+        return pd.DataFrame(columns=["arm", "step", "fraction", "train_elapsed_s", *BUDGET_METRICS])
+    keep = ["arm", "step"] + [c for c in ("train_elapsed_s", "fid_seg") if c in frame]
+    curves = frame[keep].copy()
+    for name, (axis, key) in BUDGET_METRICS.items():
+        source = pd.DataFrame(results[axis].get("against_training_step", []) if axis != "fidelity" else fid)
+        if source.empty or key not in source:
+            continue
+        cols = {key: name, f"{key}_low": f"{name}_low", f"{key}_high": f"{name}_high"}
+        part = source[["arm", "step", *[c for c in cols if c in source]]].rename(columns=cols)
+        curves = curves.merge(part, on=["arm", "step"], how="left")
+    curves["fraction"] = [round(r.step / params.generators.arm(r.arm).train.steps, 2) for r in curves.itertuples()]
+    return curves.sort_values(["fraction", "arm"]).reset_index(drop=True)
+
+
+def budget_verdicts(curves: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
+    """The reference study's claims judged again at each fraction of the training budget (same rules as
+    :func:`verdicts`): where a verdict changes with the budget, the paper says at which fraction."""
+    labels = {key: (label, better) for _, key, label, better in AXES}
+    out = []
+    for fraction, rows in curves.groupby("fraction"):
+        long = []
+        for r in rows.itertuples():
+            for metric in BUDGET_METRICS:
+                if metric in rows and metric in labels:
+                    long.append({"arm": r.arm, "metric": metric, "label": labels[metric][0], "better": labels[metric][1],
+                                 "estimate": getattr(r, metric), "low": getattr(r, f"{metric}_low", math.nan),
+                                 "high": getattr(r, f"{metric}_high", math.nan)})
+        table = pd.DataFrame(long)
+        if not table.empty:
+            out.append(verdicts(table, [c for c in claims if c.metric in set(table.metric)]).assign(fraction=fraction))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=["key", "claim", "metric", "verdict", "reason", "fraction"])
+
+
+# -- numbers ---------------------------------------------------------------------------------------------------------
+def fmt(value: float, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _macro(name: str) -> str:
+    words = re.split(r"[^A-Za-z0-9]+", name)
+    digits = dict(zip("0123456789", ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]))
+    return "".join(digits.get(ch, ch) for ch in "".join(w[:1].upper() + w[1:] for w in words if w))
+
+
+def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, claims: pd.DataFrame,
+            by_budget: pd.DataFrame | None = None) -> dict[str, str]:
+    """Every number the manuscript quotes, formatted as it is printed (name -> text); ``by_budget``: the claims
+    judged at each fraction of the budget (:func:`budget_verdicts`)."""
+    d, g = params.data, params.generators
+    out = {
+        "image_size": str(d.image_size), "spacing_mm": fmt(d.spacing_mm, 1), "n_train": str(d.n_train_patients),
+        "n_holdout": str(d.n_holdout_patients), "n_test": str(d.n_test_patients), "n_synthetic": str(g.n_synthetic),
+        "seed": str(params.seed), "n_train_slices": str(results["fidelity"]["counts"]["train_slices"]),
+        "n_test_slices": str(results["fidelity"]["counts"]["test_slices"]),
+        "n_real_smallest": str(smallest_n(results["utility"])), "utility_steps": str(params.utility.segmenter.steps),
+        "segmenter_steps": str(params.fidelity.segmenter.steps), "confidence": f"{params.fidelity.confidence:.0%}".rstrip("%"),
+        "mask_prior_steps": str(g.mask_prior.train.steps), "mask_prior_sampler_steps": str(g.mask_prior.sample.steps),
+        "ae_steps": str(g.ldm.autoencoder.train.steps), "n_snr": str(len(params.privacy.mia_snr)),
+        "mia_draws": str(params.privacy.mia_draws), "max_copy_share": fmt(params.export.max_copy_share, 2),
+        "max_mia_auc": fmt(params.export.max_mia_auc, 2),
+    }
+    for arm in ARMS:
+        p = g.arm(arm)
+        out[f"{arm}_train_steps"] = str(p.train.steps)
+        out[f"{arm}_batch"] = str(p.train.batch_size)
+        out[f"{arm}_sampler_steps"] = str(p.sample.steps)
+    for r in table.itertuples():
+        name = f"{r.arm.replace(' ', '_')}_{r.metric}"
+        out[name] = fmt(r.estimate)
+        if np.isfinite(r.low):
+            out[f"{name}_low"], out[f"{name}_high"] = fmt(r.low), fmt(r.high)
+    for r in claims.itertuples():
+        out[f"claim_{r.key}"] = r.verdict
+    if by_budget is not None:
+        for r in by_budget.itertuples():
+            percent = f"{r.fraction * 100:.0f}"
+            out[f"budget_{percent}pct"] = percent
+            out[f"budget_{percent}pct_{r.key}"] = r.verdict
+    privacy = {r["arm"]: r for r in results["privacy"]["summary"]}
+    for arm, r in privacy.items():
+        out[f"{arm}_reference_mia_auc"] = fmt(_num(r.get("reference_mia_auc")))
+        out[f"{arm}_mia_tpr"] = fmt(_num(r.get("mia_tpr_at_1fpr")))
+    real = {r["metric"]: r for r in results["fidelity"]["metrics"] if r["set"] == "real"}
+    if "dice_mean" in real:
+        out["real_mask_dice"] = fmt(real["dice_mean"]["estimate"])
+    if "fid" in real:
+        out["real_fid_seg"] = fmt(real["fid"]["estimate"])
+    return out
+
+
+def save_numbers(values: dict[str, str], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    tex = "\n".join(f"\\newcommand{{\\num{_macro(k)}}}{{{v}}}" for k, v in values.items())
+    (folder / "numbers.tex").write_text("% every number the paper quotes (written by 90_paper)\n" + tex + "\n")
+    return [write_json(folder / "numbers.json", values), folder / "numbers.tex"]
+
+
+# -- the manuscript --------------------------------------------------------------------------------------------------
+def _interval(n: dict[str, str], name: str) -> str:
+    low, high = n.get(f"{name}_low"), n.get(f"{name}_high")
+    return f"{n.get(name, 'n/a')} [{low}, {high}]" if low is not None else n.get(name, "n/a")
+
+
+def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list[tuple]:
+    """The manuscript as blocks: ("h1"|"h2", text), ("p", text), ("fig", name, caption), ("table", name, caption).
+    Every number in the text is a value of ``n``."""
+    real_data = params.data.source != "phantom"
+    data_text = (f"the {params.data.source} data set" if real_data else
+                 "the embedded cardiac phantom (per-patient anatomy from base to apex and from end-diastole to end-systole, "
+                 "four vendors with their own contrast, noise, bias field and blur)")
+    arms = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_mask_dice')}" for a in ARMS)
+    utility = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_utility_dice')}" for a in ARMS)
+    privacy = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_mia_auc')}" for a in ARMS)
+    reference_auc = ", ".join(f"{LABELS[a]} {n.get(f'{a}_reference_mia_auc', 'n/a')}" for a in ARMS)
+    copies = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_copy_share')}" for a in ARMS)
+    verdict_text = "; ".join(f"*{r.claim}*: **{n[f'claim_{r.key}']}**" for r in claims.itertuples())
+    budgets = sorted({k.split("_")[1] for k in n if re.fullmatch(r"budget_\d+pct", k)}, key=lambda v: int(v[:-3]))
+    budget_text = "; ".join(
+        f"*{r.claim}*: " + ", ".join(f"{n[f'budget_{b}_{r.key}']} at {n[f'budget_{b}']}%" for b in budgets if f"budget_{b}_{r.key}" in n)
+        for r in claims.itertuples()) if budgets else "no earlier checkpoints were evaluated"
+    return [
+        ("h1", "Fidelity, utility and privacy of synthetic cardiac MRI: DDPM, latent diffusion and flow matching under limited data"),
+        ("p", "*Generated by the notebook `90_paper` from the metrics of run `" + params.run_name + "`; every number below is "
+              "in `numbers.json`.*"),
+        ("h2", "Introduction"),
+        ("p", "Synthetic cardiac MR images are proposed as a way to share and augment scarce, sensitive training data. A recent "
+              "comparative study reported that a pixel-space DDPM gives the best balance of fidelity, utility and privacy with "
+              "limited data, and that flow matching (FM) shows promising privacy with slightly lower segmentation performance. "
+              "We re-examine these claims with one conditioning interface for all arms, membership inference against held-out "
+              "patients of the same vendors at matched noise levels, per-patient Dice without background, and intervals."),
+        ("h2", "Methods"),
+        ("p", f"**Data.** Short-axis slices of {data_text}, ED and ES frames, cropped to {n['image_size']} x {n['image_size']} "
+              f"pixels at {n['spacing_mm']} mm and scaled to [-1, 1]. Patients are split once (seed {n['seed']}): "
+              f"{n['n_train']} training patients ({n['n_train_slices']} slices; the generators' members), {n['n_holdout']} "
+              f"held-out patients of the same vendors (non-members), {n['n_test']} in-domain test patients "
+              f"({n['n_test_slices']} slices) and the patients of the other vendors as cross-domain sets."),
+        ("p", f"**Generators.** Stage 1 draws a label map from a mask prior ({n['mask_prior_steps']} training steps, "
+              f"{n['mask_prior_sampler_steps']} sampling steps); stage 2 generates an image conditioned on the one-hot map "
+              f"concatenated to the network input, for every arm. DDPM: noise prediction, {n['ddpm_train_steps']} steps of batch "
+              f"{n['ddpm_batch']}, {n['ddpm_sampler_steps']} sampling steps. LDM: a KL autoencoder ({n['ae_steps']} steps) frozen, "
+              f"then diffusion in its latent space ({n['ldm_train_steps']} steps, {n['ldm_sampler_steps']} sampling steps). FM: "
+              f"rectified flow ({n['fm_train_steps']} steps, {n['fm_sampler_steps']} sampling steps). Each arm generates "
+              f"{n['n_synthetic']} synthetic images from stage-1 masks and one image from each real test mask (the paired set)."),
+        ("p", f"**Evaluation.** Fidelity: mask faithfulness (Dice between the conditioning mask and a reference segmenter's "
+              f"prediction, the segmenter trained {n['segmenter_steps']} steps on the real training patients) and FID in that "
+              f"segmenter's feature space. Utility: a DynUNet trained {n['utility_steps']} steps on real, synthetic, or real + "
+              f"synthetic data, tested per patient on the in-domain and cross-domain sets. Privacy: nearest-neighbour copy "
+              f"flags, distance to closest record against held-out patients, and membership inference from each model's own "
+              f"error at {n['n_snr']} matched signal-to-noise ratios ({n['mia_draws']} noise draws each), members = training "
+              f"slices, non-members = held-out slices. Intervals: {n['confidence']}% percentile bootstrap over patients."),
+        ("h2", "Results"),
+        ("fig", "paper_samples", "The paired set: real test masks, the image each arm generated from them, and the real image."),
+        ("p", f"**Fidelity.** Mask faithfulness: {arms} (real images: {n.get('real_mask_dice', 'n/a')})."),
+        ("p", f"**Utility.** With {n['n_real_smallest']} real patients plus synthetic data, in-domain Dice: {utility}; real "
+              f"only: {_interval(n, 'real_only_utility_dice')}."),
+        ("fig", "paper_utility", "Segmentation Dice against the number of real training patients, per regime and arm."),
+        ("p", f"**Privacy.** Membership AUC (ours): {privacy}. With the reference protocol (non-members from another vendor): "
+              f"{reference_auc}. Share of synthetic images flagged as copies: {copies}."),
+        ("fig", "paper_privacy", "Membership inference: AUC against noise level per arm (ours)."),
+        ("fig", "paper_trade_off", "The trade-off: each arm on fidelity, utility and privacy, with intervals."),
+        ("table", "trade_off", "Each arm on the three axes (estimate, interval)."),
+        ("p", f"**The reference study's claims.** {verdict_text}."),
+        ("table", "claims", "The reference study's claims, decided by the intervals."),
+        ("p", f"**Compute as an axis.** Each arm was also evaluated at its earlier kept checkpoints (fractions of its own "
+              f"step budget); the claims judged again at each: {budget_text}."),
+        ("fig", "paper_budgets", "Fidelity, utility and privacy against training steps per arm (intervals where measured)."),
+        ("h2", "Limitations"),
+        ("p", ("These results come from phantom data, not from patients: they test the pipeline and the metrics, not the "
+               "clinical claims; run the study on ACDC or M&Ms (params/acdc.yaml, params/mnms.yaml) for those. " if not real_data else "")
+              + "The step budgets fit a CPU and are far below the reference study's; which arm wins can depend on the budget "
+              "(see the checkpoint curves of the fidelity notebook). FID is computed in a segmentation network's feature space "
+              "unless InceptionV3 weights are provided; LPIPS needs weights that are not shipped."),
+    ]
+
+
+def _md_inline_to_tex(text: str) -> str:
+    text = text.replace("\\", "\\textbackslash{}")
+    for ch in "%&#_$":
+        text = text.replace(ch, "\\" + ch)
+    text = re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", text)
+    text = re.sub(r"\*(.+?)\*", r"\\emph{\1}", text)
+    return re.sub(r"`(.+?)`", r"\\texttt{\1}", text)
+
+
+def render_markdown(blocks_: list[tuple]) -> str:
+    out = []
+    for b in blocks_:
+        if b[0] == "h1":
+            out.append(f"# {b[1]}")
+        elif b[0] == "h2":
+            out.append(f"## {b[1]}")
+        elif b[0] == "p":
+            out.append(b[1])
+        elif b[0] == "fig":
+            out.append(f"![{b[2]}](figures/{b[1]}.png)\n\n*Figure: {b[2]}*")
+        elif b[0] == "table":
+            out.append(f"*Table: {b[2]}* ([CSV](tables/{b[1]}.csv))\n\n" + "{{table:" + b[1] + "}}")
+    return "\n\n".join(out) + "\n"
+
+
+def render_latex(blocks_: list[tuple]) -> str:
+    body = []
+    for b in blocks_:
+        if b[0] == "h1":
+            title = _md_inline_to_tex(b[1])
+        elif b[0] == "h2":
+            body.append(f"\\section{{{_md_inline_to_tex(b[1])}}}")
+        elif b[0] == "p":
+            body.append(_md_inline_to_tex(b[1]))
+        elif b[0] == "fig":
+            body.append(f"\\begin{{figure}}[t]\\centering\\includegraphics[width=\\linewidth]{{figures/{b[1]}.pdf}}"
+                        f"\\caption{{{_md_inline_to_tex(b[2])}}}\\end{{figure}}")
+        elif b[0] == "table":
+            body.append(f"\\begin{{table}}[t]\\centering\\caption{{{_md_inline_to_tex(b[2])}}}\\resizebox{{\\linewidth}}{{!}}"
+                        f"{{\\input{{tables/{b[1]}.tex}}}}\\end{{table}}")
+    return ("\\documentclass{article}\n\\usepackage{graphicx,booktabs}\n\\input{numbers.tex}\n"
+            f"\\title{{{title}}}\n\\begin{{document}}\n\\maketitle\n" + "\n\n".join(body) + "\n\\end{document}\n")
+
+
+def write_manuscript(blocks_: list[tuple], folder: Path) -> list[Path]:
+    """``paper.md`` (tables inlined from their Markdown files) and ``main.tex``; builds ``main.pdf`` where pdflatex
+    exists (its log says why when it fails)."""
+    md = render_markdown(blocks_)
+    md = re.sub(r"\{\{table:(\w+)\}\}", lambda m: (folder / "tables" / f"{m.group(1)}.md").read_text().strip(), md)
+    (folder / "paper.md").write_text(md)
+    (folder / "main.tex").write_text(render_latex(blocks_))
+    written = [folder / "paper.md", folder / "main.tex"]
+    if shutil.which("pdflatex"):
+        for _ in range(2):
+            subprocess.run(["pdflatex", "-interaction=nonstopmode", "main.tex"], cwd=folder, capture_output=True, timeout=120)
+        if (folder / "main.pdf").exists():
+            written.append(folder / "main.pdf")
+    return written
+
+
+def table_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The trade-off table as printed: one row per arm, one column per metric, ``estimate [low, high]``."""
+    cells = table.assign(cell=[fmt(r.estimate) + (f" [{fmt(r.low)}, {fmt(r.high)}]" if np.isfinite(r.low) else "")
+                               for r in table.itertuples()])
+    wide = cells.pivot(index="arm", columns="label", values="cell").fillna("")
+    order = [label for _, _, label, _ in AXES if label in wide.columns]
+    arms = [a for a in [*ARMS, "real only"] if a in wide.index]
+    return wide.loc[arms, order].rename(index=lambda a: LABELS.get(a, a))
+
+
+RUN_FIGURES = ("data_examples",)  # figures of earlier notebooks that the paper shows as they are
+
+
+def copy_run_figures(paths: RunPaths, names=RUN_FIGURES) -> list[Path]:
+    """Copy figures of earlier notebooks (PNG and PDF) from the run's ``figures/`` into ``paper/figures/``."""
+    out = []
+    for name in names:
+        for ext in ("png", "pdf"):
+            source = paths.require(paths.figures / f"{name}.{ext}", "00_data")
+            target = paths.paper / "figures" / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            out.append(target)
+    return out
+
+
+def publish(params: StudyParams, folder: Path) -> Path | None:
+    """Copy the run's paper folder to ``paper.publish_dir`` (keeping files there that the run does not write)."""
+    if params.paper.publish_dir is None:
+        return None
+    target = resolve_path(params.paper.publish_dir)
+    shutil.copytree(folder, target, dirs_exist_ok=True)
+    return target
+
+
+__all__ = ["STAGE", "AXES", "CLAIMS", "Claim", "load_results", "trade_off", "judge", "verdicts", "budget_curves", "budget_verdicts",
+           "numbers", "save_numbers", "blocks", "render_markdown", "render_latex", "write_manuscript", "table_view",
+           "copy_run_figures", "publish"]

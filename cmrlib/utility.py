@@ -1,0 +1,478 @@
+"""The utility axis (DESIGN.md section 5): does synthetic data help a segmentation network? What ``40_utility`` calls.
+
+Reads ``data/``, ``splits.json`` and ``samples/<arm>/synthetic.npz`` (images generated from stage-1 masks). Writes
+``checkpoints/utility/<regime>_<arm>_n<k>_seed<s>/`` (one segmenter per training run; resumed, or loaded when done),
+``metrics/utility.json`` and the tables ``tables/utility_*``.
+
+Training runs (:func:`plan`), for each seed of ``utility.seeds``:
+
+- ``real`` (arm ``none``): the first k patients of ``splits["sets"]["train"]`` (balanced over vendors and nested), for
+  each k of ``utility.n_real_patients`` (null: all training patients); the baseline;
+- ``synthetic`` (k = 0): an arm's synthetic set alone, once per arm;
+- ``real+synthetic``: the same k real patients plus the arm's synthetic set (all of it, or ``synthetic_ratio``
+  synthetic slices per real slice, a seeded subset).
+
+The compute axis (:func:`against_training_step`): real + synthetic at the fewest real patients, with the synthetic
+subset of each kept generator checkpoint (``..._step<N>`` runs).
+
+Each is a :class:`~cmrlib.models.SegmentationModel` (DynUNet, Dice + cross-entropy) trained by the one loop
+(:func:`cmrlib.training.train`) for ``utility.segmenter.steps``, with MONAI augmentation when ``utility.augment``; its
+EMA weights are evaluated.
+
+Evaluation, on ``test`` (in-domain) and every ``cross_<domain>`` set, per patient:
+
+- **Dice** per structure (LV, MYO, RV), background excluded, of each 3D volume (the patient's slices of one phase
+  stacked in slice order: overlaps and sizes summed over slices), NaN when a structure is absent from both;
+- **HD95** in mm per structure. The processed data keep no through-plane spacing (``data/metadata.csv`` has slice
+  indices only, and slices without labels are dropped), so HD95 is computed **per 2D slice** with the in-plane pixel
+  spacing (:func:`pixel_spacing_mm`) and averaged over the slices of a volume. A structure present on one side only
+  scores the image diagonal (:func:`cmrlib.metrics.hd95_per_structure`); the summary reports how often;
+- a patient's value is the mean of its ED and ES volumes; ``dice_mean`` / ``hd95_mean`` the mean over structures;
+- beside them, the reference study's **per-slice Dice with background** (mean over the four classes), averaged
+  over slices.
+
+Statistics: with several seeds, a patient's value is first averaged over seeds. Intervals: percentile bootstrap over
+patients (:func:`cmrlib.stats.bootstrap_mean`). Each regime is compared with real-only on the same patients
+(``delta_vs_real`` and a paired Wilcoxon test on per-patient mean foreground Dice, :func:`cmrlib.stats.paired_wilcoxon`),
+the real-only model at the same number of real patients and the same seeds; for ``synthetic`` (no real patients),
+the real-only model with all training patients (``baseline_n``). p-values are Holm-corrected across every comparison
+of the summary (:func:`cmrlib.stats.holm`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import generation, metrics, report, training
+from .data.records import SliceSet, write_json
+from .fidelity import _clean, segment
+from .labels import FOREGROUND
+from .models import SegmentationModel, one_hot
+from .params import ARMS, StudyParams
+from .paths import RunPaths
+from .stats import bootstrap_mean, holm, mean_and_spread, paired_wilcoxon
+
+STAGE = "40_utility"
+CHECKPOINT_DIR = "utility"
+REGIMES = ("real", "synthetic", "real+synthetic")
+NO_ARM = "none"
+STRUCTURES = list(FOREGROUND.values())  # LV, MYO, RV
+DICE = [f"dice_{s}" for s in STRUCTURES]
+HD95 = [f"hd95_{s}" for s in STRUCTURES]
+SUMMARY_KEYS = ["regime", "arm", "n_real_patients", "eval_set", "dice_mean", "dice_mean_low", "dice_mean_high", *DICE,
+                "hd95_mean", "hd95_low", "hd95_high", "dice_reference_protocol", "delta_vs_real", "p_value", "p_holm",
+                "n_patients", "seeds"]
+
+
+# -- what is trained -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Run:
+    """One training run: regime, arm (``none`` for real-only), number of real patients (0 for synthetic-only), seed."""
+
+    regime: str
+    arm: str
+    n_real: int
+    seed: int
+    step: int | None = None  # compute axis: the synthetic subset of the arm's checkpoint at this step (None: the final set)
+
+    @property
+    def name(self) -> str:
+        """The checkpoint folder ``checkpoints/utility/<name>/``."""
+        return f"{self.regime}_{self.arm}_n{self.n_real}_seed{self.seed}" + ("" if self.step is None else f"_step{self.step}")
+
+
+def n_real_grid(params: StudyParams, splits: dict) -> list[int]:
+    """``utility.n_real_patients`` with null resolved to all training patients; sorted, without repeats."""
+    train = splits["sets"]["train"]
+    out = []
+    for k in params.utility.n_real_patients:
+        k = len(train) if k is None else k
+        if not 1 <= k <= len(train):
+            raise ValueError(f"utility.n_real_patients contains {k}, but splits.json has {len(train)} training patients "
+                             f"(data.n_train_patients); use values from 1 to {len(train)}, or null for all")
+        out.append(k)
+    return sorted(set(out))
+
+
+def plan(params: StudyParams, splits: dict, arms=ARMS) -> list[Run]:
+    """Every training run the params ask for, seed by seed."""
+    u = params.utility
+    grid = n_real_grid(params, splits)
+    runs = []
+    for seed in u.seeds:
+        if "real" in u.regimes:
+            runs += [Run("real", NO_ARM, k, seed) for k in grid]
+        if "synthetic" in u.regimes:
+            runs += [Run("synthetic", arm, 0, seed) for arm in arms]
+        if "real+synthetic" in u.regimes:
+            runs += [Run("real+synthetic", arm, k, seed) for arm in arms for k in grid]
+    return runs
+
+
+def real_patients(splits: dict, k: int) -> list[str]:
+    """The k-patient real training set: the first k of ``splits["sets"]["train"]`` (nested, balanced over vendors)."""
+    return list(splits["sets"]["train"][:k])
+
+
+@dataclass
+class TrainingSet:
+    images: np.ndarray  # (N, H, W) in [-1, 1]: the real slices first, then the synthetic ones
+    masks: np.ndarray  # (N, H, W) labels
+    patients: list[str]  # the real patients
+    n_real: int  # real slices
+    n_synthetic: int  # synthetic slices
+
+
+def training_set(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, run: Run) -> TrainingSet:
+    """The slices a run trains on: the real training slices of its patients (rows of split ``train`` only), then the
+    arm's synthetic set (or a seeded subset of ``synthetic_ratio`` per real slice)."""
+    patients = real_patients(splits, run.n_real)
+    meta = slices.meta
+    rows = np.flatnonzero(meta["patient"].isin(patients).to_numpy() & (meta["split"].to_numpy() == "train"))
+    missing = sorted(set(patients) - set(meta["patient"].to_numpy()[rows]))
+    if missing:
+        raise ValueError(f"training patients {missing[:5]} of splits.json have no slices of split 'train' in data/: the "
+                         "data and the splits are out of step; re-run the notebook 00_data")
+    images, masks = [slices.images[rows]], [slices.masks[rows]]
+    n_syn = 0
+    if run.regime != "real":
+        syn = (generation.load_samples(paths, run.arm, "synthetic") if run.step is None
+               else generation.synthetic_by_step(params, paths, run.arm)[run.step])
+        take = np.arange(len(syn["images"]))
+        ratio = params.utility.synthetic_ratio
+        if run.regime == "real+synthetic" and ratio is not None:
+            m = int(round(ratio * len(rows)))
+            if m > len(take):
+                raise ValueError(f"utility.synthetic_ratio={ratio} asks for {m} synthetic slices with {len(rows)} real "
+                                 f"ones ({run.name}), but samples/{run.arm}/synthetic.npz holds {len(take)}; lower the "
+                                 "ratio, set it to null (the whole synthetic set) or raise generators.n_synthetic")
+            rng = np.random.default_rng(generation.seed_for(params.seed, "utility", "synthetic", run.arm, str(run.seed)))
+            take = np.sort(rng.permutation(len(take))[:m])
+        images.append(syn["images"][take])
+        masks.append(syn["masks"][take])
+        n_syn = len(take)
+    return TrainingSet(np.concatenate(images).astype(np.float32), np.concatenate(masks).astype(np.uint8), patients,
+                       len(rows), n_syn)
+
+
+def build_segmenter(params: StudyParams) -> SegmentationModel:
+    return SegmentationModel(widths=params.utility.segmenter.widths, augment="monai" if params.utility.augment else "flips")
+
+
+def train_config(params: StudyParams, run: Run) -> training.TrainConfig:
+    p = params.utility.segmenter
+    return training.TrainConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
+                                warmup_steps=p.warmup_steps, ema_max_decay=0.999, checkpoint_every=max(1, p.steps // 4),
+                                keep_fractions=(1.0,), seed=generation.seed_for(params.seed, "train", CHECKPOINT_DIR, run.name))
+
+
+def train_run(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, run: Run
+              ) -> tuple[SegmentationModel, training.TrainResult, TrainingSet]:
+    """Train (or resume, or load when done) one run in ``checkpoints/utility/<run.name>/``; returns the model with
+    its EMA weights in eval mode, the training result and the training set."""
+    data = training_set(params, paths, slices, splits, run)
+    cfg = train_config(params, run)
+    with torch.random.fork_rng(devices=[]):  # initial weights from the run's seed, not from what ran before
+        torch.manual_seed(cfg.seed)
+        model = build_segmenter(params)
+    if cfg.batch_size > len(data.images):
+        raise ValueError(f"utility.segmenter.batch_size={cfg.batch_size} exceeds the {len(data.images)} training slices "
+                         f"of {run.name}; lower it or raise utility.n_real_patients")
+    x = torch.from_numpy(data.images)[:, None]
+    result = training.train(model, x, one_hot(torch.from_numpy(data.masks)), cfg, paths.checkpoints / CHECKPOINT_DIR / run.name,
+                            desc=run.name)
+    training.load_checkpoint(result.last, model, weights="ema")
+    return model.to(generation.device()).eval(), result, data
+
+
+# -- scoring -------------------------------------------------------------------------------------------------------
+def pixel_spacing_mm(params: StudyParams) -> float:
+    """In-plane spacing of the processed slices: ``cmrlib.data.preprocess.preprocess_volume`` crops
+    ``max(8, round(crop_mm / spacing_mm))`` pixels at ``spacing_mm`` and resizes them to ``image_size``."""
+    d = params.data
+    return max(8, round(d.crop_mm / d.spacing_mm)) * d.spacing_mm / d.image_size
+
+
+def eval_sets(splits: dict) -> list[str]:
+    """``test`` and every ``cross_<domain>`` set of the splits (in that order)."""
+    return ["test"] + sorted(s for s in splits["sets"] if s.startswith("cross_"))
+
+
+def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # mean of empty slice: NaN, as wanted
+        return np.nanmean(a, axis=axis)
+
+
+def score_slices(pred: np.ndarray, target: np.ndarray, spacing: float) -> pd.DataFrame:
+    """Per slice: 2D Dice and HD95 (mm) per structure, whether HD95 is one-sided (the image diagonal), the mean
+    foreground Dice of the slice, and the reference study's background-inclusive Dice."""
+    dice = metrics.dice_per_structure(pred, target)
+    hd = metrics.hd95_per_structure(pred, target, spacing)
+    one_sided = metrics.one_sided_empty(pred, target)
+    out = pd.DataFrame(np.column_stack([dice, hd]), columns=[f"slice_{c}" for c in DICE] + HD95)
+    for j, s in enumerate(STRUCTURES):
+        out[f"hd95_one_sided_{s}"] = one_sided[:, j]
+    out["slice_dice_mean"] = _nanmean(dice, 1)
+    out["dice_reference_protocol"] = metrics.reference_protocol_dice(pred, target)
+    return out
+
+
+def score_volumes(pred: np.ndarray, target: np.ndarray, meta: pd.DataFrame, spacing: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Slices (with ``meta``: patient, phase, slice_index) -> (per-slice scores, per-volume scores). A volume is one
+    patient and phase, its slices stacked in slice order: 3D Dice per structure, HD95 the mean over its slices."""
+    meta = meta.reset_index(drop=True)
+    per_slice = pd.concat([meta[["patient", "phase", "slice_index"]], score_slices(pred, target, spacing)], axis=1)
+    rows = []
+    for (patient, phase), idx in meta.groupby(["patient", "phase"], sort=True).indices.items():
+        idx = idx[np.argsort(meta["slice_index"].to_numpy()[idx], kind="stable")]
+        dice = metrics.volume_dice(pred[idx], target[idx])
+        hd = _nanmean(per_slice.loc[idx, HD95].to_numpy(dtype=np.float64), 0)
+        rows.append({"patient": patient, "phase": phase, "n_slices": len(idx), **dict(zip(DICE, dice)),
+                     "dice_mean": float(_nanmean(dice[None], 1)[0]), **dict(zip(HD95, hd)),
+                     "hd95_mean": float(_nanmean(hd[None], 1)[0])})
+    return per_slice, pd.DataFrame(rows)
+
+
+def per_patient(volumes: pd.DataFrame, by: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+    """Per-volume scores -> per patient: the mean of its volumes (ED and ES), NaN-ignoring, per group of ``by``."""
+    cols = [c for c in [*DICE, "dice_mean", *HD95, "hd95_mean"] if c in volumes]
+    keys = [*by, "patient"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = volumes.groupby(keys, sort=True)[cols].mean()  # pandas' mean skips NaN
+    out["n_volumes"] = volumes.groupby(keys, sort=True).size()
+    return out.reset_index()
+
+
+# -- the whole axis ------------------------------------------------------------------------------------------------
+@dataclass
+class Results:
+    """Everything :func:`run_all` measured: long tables over runs and evaluation sets, plus the predictions on the
+    in-domain test slices (for the example figure)."""
+
+    models: pd.DataFrame  # one row per run: regime, arm, n_real_patients, seed, data sizes, train wall time
+    slices: pd.DataFrame  # one row per (run, eval set, slice)
+    volumes: pd.DataFrame  # one row per (run, eval set, patient, phase)
+    patients: pd.DataFrame  # one row per (run, eval set, patient)
+    test_predictions: dict[str, np.ndarray] = field(default_factory=dict)  # run name -> (N test slices, H, W)
+    test_rows: np.ndarray | None = None  # rows of data/metadata.csv of the test slices
+    losses: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def _run_columns(run: Run) -> dict:
+    return {"regime": run.regime, "arm": run.arm, "n_real_patients": run.n_real, "seed": run.seed, "run": run.name}
+
+
+def _fingerprint(images: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(images).tobytes(), digest_size=8).hexdigest()
+
+
+def run_all(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, arms=ARMS) -> Results:
+    """Train (or load) every run of :func:`plan` and score it on every evaluation set."""
+    spacing = pixel_spacing_mm(params)
+    sets = {name: np.flatnonzero(slices.meta["split"].to_numpy() == name) for name in eval_sets(splits)}
+    empty = [name for name, rows in sets.items() if len(rows) == 0]
+    if empty:
+        raise ValueError(f"evaluation sets {empty} of splits.json have no slices in data/: re-run the notebook 00_data")
+    models, per_slice, per_volume, preds, losses = [], [], [], {}, {}
+    for run in tqdm(plan(params, splits, arms), desc="utility runs", unit="run"):
+        model, result, data = train_run(params, paths, slices, splits, run)
+        losses[run.name] = result.losses
+        models.append({**_run_columns(run), "real_patients": " ".join(data.patients), "n_real_images": data.n_real,
+                       "n_synthetic_images": data.n_synthetic, "steps": result.step, "train_wall_time_s": round(result.wall_time_s, 1),
+                       "data_fingerprint": _fingerprint(data.images), "checkpoint": str(result.last.relative_to(paths.root))})
+        for name, rows in sets.items():
+            pred = segment(model, slices.images[rows])
+            s, v = score_volumes(pred, slices.masks[rows], slices.meta.iloc[rows], spacing)
+            cols = {**_run_columns(run), "eval_set": name}
+            per_slice.append(s.assign(row=rows, **cols))
+            per_volume.append(v.assign(**cols))
+            if name == "test":
+                preds[run.name] = pred.astype(np.uint8)
+        del model
+    volumes = pd.concat(per_volume, ignore_index=True)
+    patients = per_patient(volumes, by=["regime", "arm", "n_real_patients", "seed", "run", "eval_set"])
+    return Results(pd.DataFrame(models), pd.concat(per_slice, ignore_index=True), volumes, patients, preds, sets["test"], losses)
+
+
+def against_training_step(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, arms=ARMS) -> pd.DataFrame:
+    """The compute axis: real + synthetic at the fewest real patients (first seed), the synthetic part being the
+    ``generators.n_synthetic_per_checkpoint`` images of each kept generator checkpoint
+    (:func:`cmrlib.generation.synthetic_by_step`, the same stage-1 masks at every step); in-domain test mean foreground
+    Dice per patient with its bootstrap interval. One row per (arm, step)."""
+    u = params.utility
+    n, seed = n_real_grid(params, splits)[0], u.seeds[0]
+    rows_test = np.flatnonzero(slices.meta["split"].to_numpy() == "test")
+    out = []
+    jobs = [(arm, step) for arm in arms for step in training.kept_checkpoints(paths.checkpoints / arm)]
+    for arm, step in tqdm(jobs, desc="utility against training step", unit="run"):
+        run = Run("real+synthetic", arm, n, seed, step)
+        model, result, data = train_run(params, paths, slices, splits, run)
+        _, volumes = score_volumes(segment(model, slices.images[rows_test]), slices.masks[rows_test],
+                                   slices.meta.iloc[rows_test], pixel_spacing_mm(params))
+        pp = per_patient(volumes)
+        iv = bootstrap_mean(pp["dice_mean"].to_numpy(), None, n_boot=u.bootstrap, level=u.confidence,
+                            seed=generation.seed_for(params.seed, "bootstrap", "utility", run.name))[0]
+        out.append({"arm": arm, "step": int(step), "n_real_patients": n, "n_synthetic_images": data.n_synthetic, "seed": seed,
+                    "dice_mean": iv.estimate, "dice_mean_low": iv.low, "dice_mean_high": iv.high, "n_patients": len(pp),
+                    "train_wall_time_s": round(result.wall_time_s, 1)})
+    return pd.DataFrame(out)
+
+
+def _groups(table: pd.DataFrame):
+    return table.groupby(["regime", "arm", "n_real_patients", "eval_set"], sort=False)
+
+
+def _seed_mean(table: pd.DataFrame, key: str | list[str], cols: list[str]) -> pd.DataFrame:
+    """Per ``key`` (patient, or slice row), the mean over seeds of ``cols``."""
+    return table.groupby(key, sort=True)[cols].mean()
+
+
+def summary(params: StudyParams, results: Results) -> pd.DataFrame:
+    """One row per (regime, arm, n_real_patients, eval set): the keys of :data:`SUMMARY_KEYS` plus HD95 per structure,
+    the share of one-sided HD95 values, the delta's interval, the baseline's n, and the seed spread of mean Dice."""
+    u = params.utility
+    pat, sl = results.patients, results.slices
+    value_cols = ["dice_mean", *DICE, "hd95_mean", *HD95]
+    full_n = int(pat.loc[pat.regime == "real", "n_real_patients"].max()) if (pat.regime == "real").any() else None
+    rows = []
+    for (regime, arm, n, eval_set), d in _groups(pat):
+        key = f"{regime}/{arm}/{n}/{eval_set}"
+        seeds = sorted(d["seed"].unique().tolist())
+        pp = _seed_mean(d, "patient", value_cols)
+        boot = lambda values, groups, what: bootstrap_mean(values, groups, n_boot=u.bootstrap, level=u.confidence,
+                                                          seed=generation.seed_for(params.seed, "bootstrap", "utility", what, key))
+        iv = dict(zip(value_cols, boot(pp[value_cols].to_numpy(), None, "patients")))
+        s = sl[(sl.run.isin(d.run.unique())) & (sl.eval_set == eval_set)]
+        ps = _seed_mean(s, "row", ["dice_reference_protocol", *[f"hd95_one_sided_{x}" for x in STRUCTURES]])
+        pat_of_row = s.drop_duplicates("row").set_index("row")["patient"].reindex(ps.index)
+        ref = boot(ps[["dice_reference_protocol"]].to_numpy(), pat_of_row.to_numpy(), "slices")[0]
+        row = {"regime": regime, "arm": arm, "n_real_patients": int(n), "eval_set": eval_set,
+               "dice_mean": iv["dice_mean"].estimate, "dice_mean_low": iv["dice_mean"].low, "dice_mean_high": iv["dice_mean"].high,
+               **{c: iv[c].estimate for c in DICE},
+               "hd95_mean": iv["hd95_mean"].estimate, "hd95_low": iv["hd95_mean"].low, "hd95_high": iv["hd95_mean"].high,
+               **{c: iv[c].estimate for c in HD95},
+               "hd95_one_sided_share": float(ps[[f"hd95_one_sided_{x}" for x in STRUCTURES]].to_numpy().mean()),
+               "dice_reference_protocol": ref.estimate, "dice_reference_protocol_low": ref.low, "dice_reference_protocol_high": ref.high,
+               "delta_vs_real": np.nan, "delta_low": np.nan, "delta_high": np.nan, "p_value": np.nan, "baseline_n": None,
+               "n_patients": int(len(pp)), "seeds": seeds,
+               "dice_mean_seed_std": mean_and_spread(d.groupby("seed")["dice_mean"].mean())["std"]}
+        base_n = None if regime == "real" else (full_n if regime == "synthetic" else int(n))
+        base = pat[(pat.regime == "real") & (pat.n_real_patients == base_n) & (pat.eval_set == eval_set) & pat.seed.isin(seeds)]
+        if base_n is not None and len(base):
+            common = sorted(set(seeds) & set(base["seed"]))
+            a = _seed_mean(d[d.seed.isin(common)], "patient", ["dice_mean"])["dice_mean"]
+            b = _seed_mean(base[base.seed.isin(common)], "patient", ["dice_mean"])["dice_mean"].reindex(a.index)
+            diff = boot((a - b).to_numpy(), None, "delta")[0]
+            test = paired_wilcoxon(a.to_numpy(), b.to_numpy())
+            row.update(delta_vs_real=diff.estimate, delta_low=diff.low, delta_high=diff.high, p_value=test["p_value"],
+                       baseline_n=base_n)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["p_holm"] = holm(table["p_value"].to_numpy(dtype=np.float64))
+    sets = list(dict.fromkeys(["test", *sorted(table["eval_set"].unique())]))
+    order = [table["regime"].map(REGIMES.index), table["arm"].map([NO_ARM, *ARMS].index), table["n_real_patients"],
+             table["eval_set"].map(sets.index)]
+    return table.iloc[np.lexsort(order[::-1])].reset_index(drop=True)
+
+
+def _cell(est: float, low: float, high: float, digits: int = 3) -> str:
+    if not np.isfinite(est):
+        return "n/a"
+    return f"{est:.{digits}f}" + (f" [{low:.{digits}f}, {high:.{digits}f}]" if np.isfinite(low) and np.isfinite(high) else "")
+
+
+def dice_table(table: pd.DataFrame, column: str = "dice_mean", low: str = "dice_mean_low", high: str = "dice_mean_high") -> pd.DataFrame:
+    """Wide view: one row per (regime, arm, n real patients), one column per evaluation set, ``estimate [low, high]``."""
+    t = table.assign(cell=[_cell(r[column], r[low], r[high]) for _, r in table.iterrows()])
+    wide = t.pivot_table(index=["regime", "arm", "n_real_patients"], columns="eval_set", values="cell", aggfunc="first", sort=False)
+    return wide[[c for c in t["eval_set"].unique()]]
+
+
+def delta_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Change of mean foreground Dice against real-only, with its interval and the Holm-corrected p-value."""
+    t = table[table.regime != "real"].copy()
+    t["delta"] = [_cell(r.delta_vs_real, r.delta_low, r.delta_high) for r in t.itertuples()]
+    t["p_holm"] = t["p_holm"].map(lambda p: "n/a" if not np.isfinite(p) else f"{p:.3g}")
+    wide = t.pivot_table(index=["regime", "arm", "n_real_patients", "baseline_n"], columns="eval_set", values=["delta", "p_holm"],
+                         aggfunc="first", sort=False)
+    return wide
+
+
+def examples(results: Results, slices: SliceSet) -> list[dict]:
+    """Per (regime, arm), on the real test slices, with the largest n real patients and the first seed: the slice of
+    highest mean foreground Dice (a success) and of lowest (a failure)."""
+    out = []
+    s = results.slices[results.slices.eval_set == "test"]
+    runs = results.models.sort_values(["n_real_patients", "seed"], ascending=[False, True]).drop_duplicates(["regime", "arm"])
+    runs = runs.assign(order=runs["regime"].map(REGIMES.index)).sort_values(["order", "arm"])
+    position = {int(row): i for i, row in enumerate(results.test_rows)}
+    for r in runs.itertuples():
+        d = s[s.run == r.run].dropna(subset=["slice_dice_mean"])
+        for kind, row in (("success", d.loc[d.slice_dice_mean.idxmax()]), ("failure", d.loc[d.slice_dice_mean.idxmin()])):
+            i = int(row["row"])
+            label = f"{r.regime}" + ("" if r.arm == NO_ARM else f" {r.arm}") + f", n={r.n_real_patients}"
+            out.append({"label": label, "kind": kind, "image": slices.images[i], "mask": slices.masks[i],
+                        "pred": results.test_predictions[r.run][position[i]], "dice": float(row["slice_dice_mean"]),
+                        "patient": row["patient"], "phase": row["phase"], "slice_index": int(row["slice_index"])})
+    return out
+
+
+def save(params: StudyParams, paths: RunPaths, results: Results, table: pd.DataFrame, budgets: pd.DataFrame | None = None) -> Path:
+    """Write ``metrics/utility.json`` (``summary``: one record per regime, arm, n real patients and evaluation set with
+    the keys of :data:`SUMMARY_KEYS` and more; ``models``: every run with its train wall time; ``per_patient``) and the
+    tables ``utility_summary``, ``utility_dice``, ``utility_dice_reference_protocol``, ``utility_hd95``,
+    ``utility_delta``, ``utility_models`` and ``utility_per_patient`` (CSV, Markdown, LaTeX)."""
+    report.save_table(table.assign(seeds=table["seeds"].map(lambda s: " ".join(map(str, s)))), paths.tables, "utility_summary", index=False)
+    report.save_table(dice_table(table), paths.tables, "utility_dice")
+    report.save_table(dice_table(table, "dice_reference_protocol", "dice_reference_protocol_low", "dice_reference_protocol_high"),
+                      paths.tables, "utility_dice_reference_protocol")
+    report.save_table(dice_table(table, "hd95_mean", "hd95_low", "hd95_high"), paths.tables, "utility_hd95")
+    if (table.regime != "real").any():
+        report.save_table(delta_table(table), paths.tables, "utility_delta")
+    report.save_table(results.models, paths.tables, "utility_models", index=False)
+    report.save_table(results.patients, paths.tables, "utility_per_patient", index=False)
+    budgets = pd.DataFrame() if budgets is None else budgets
+    if len(budgets):
+        report.save_table(budgets, paths.tables, "utility_against_training_step", index=False)
+    u = params.utility
+    record = {
+        "summary": table.to_dict(orient="records"),
+        "definitions": {
+            "dice": "per structure (LV, MYO, RV), background excluded, of each 3D volume (a patient's slices of one phase "
+                    "stacked); a patient's value is the mean of its ED and ES volumes; dice_mean over structures",
+            "hd95": f"per 2D slice in mm (pixel spacing {pixel_spacing_mm(params):.4g} mm; no through-plane spacing in the "
+                    "processed data), mean over a volume's slices; a structure present on one side only scores the image "
+                    "diagonal (share in hd95_one_sided_share)",
+            "dice_reference_protocol": "the reference study's per-slice Dice over the four classes, background included, "
+                                       "mean over slices",
+            "intervals": f"{u.confidence:.0%} percentile bootstrap over patients ({u.bootstrap} draws); with several seeds "
+                         "a patient's value is first averaged over seeds",
+            "delta_vs_real": "mean over patients of (regime - real-only) mean foreground Dice, same patients and seeds; "
+                             "real-only at the same n real patients, or with all (baseline_n) for synthetic-only",
+            "p_value": "paired Wilcoxon signed-rank test on per-patient mean foreground Dice; p_holm: Holm-corrected "
+                       "across every comparison of the summary",
+        },
+        "segmenter": {**params.utility.segmenter.model_dump(), "augment": "monai" if u.augment else "flips", "weights": "ema",
+                      "synthetic_ratio": u.synthetic_ratio},
+        "pixel_spacing_mm": pixel_spacing_mm(params),
+        "models": results.models.to_dict(orient="records"),
+        "total_train_wall_time_s": float(results.models["train_wall_time_s"].sum()),
+        "per_patient": results.patients.to_dict(orient="records"),
+        "against_training_step": budgets.to_dict(orient="records"),
+    }
+    return write_json(paths.metrics / "utility.json", _clean(record))
+
+
+__all__ = ["STAGE", "REGIMES", "STRUCTURES", "SUMMARY_KEYS", "Run", "TrainingSet", "Results", "n_real_grid", "plan",
+           "real_patients", "training_set", "build_segmenter", "train_config", "train_run", "pixel_spacing_mm", "eval_sets",
+           "score_slices", "score_volumes", "per_patient", "run_all", "against_training_step", "summary", "dice_table", "delta_table", "examples", "save"]

@@ -1,0 +1,137 @@
+"""The paper module: verdicts decided by intervals, numbers that come from the metrics, a manuscript that quotes only them."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from cmrlib import paper, stats
+from cmrlib.params import load
+from cmrlib.paths import RunPaths
+
+from conftest import REPO
+
+
+def fake_results(mask_dice: dict, utility: dict, mia: dict) -> dict:
+    """Metrics files in the schema the axis notebooks write; each value is (estimate, low, high)."""
+    fidelity = {"counts": {"train_slices": 40, "test_slices": 20},
+                "metrics": [{"set": a, "metric": "dice_mean", "estimate": e, "low": lo, "high": hi} for a, (e, lo, hi) in mask_dice.items()]
+                + [{"set": a, "metric": "fid", "estimate": 1.0 + i, "low": None, "high": None} for i, a in enumerate(mask_dice)],
+                "quality_against_training_step": [{"arm": a, "step": s, "dice_mean": 0.1 * s / 4, "fid_seg": 10 / s}
+                                                  for a in mask_dice for s in (2, 4, 8)]}
+    summary = []
+    for arm, (e, lo, hi) in utility.items():
+        regime = "real" if arm == "none" else "real+synthetic"
+        for eval_set, shift in (("test", 0.0), ("cross_C", -0.2)):
+            summary.append({"regime": regime, "arm": arm, "n_real_patients": 2, "eval_set": eval_set, "dice_mean": e + shift,
+                            "dice_mean_low": lo + shift, "dice_mean_high": hi + shift,
+                            "delta_vs_real": None if arm == "none" else e - utility["none"][0], "p_holm": 0.5})
+    privacy = {"summary": [{"arm": a, "mia_auc": e, "mia_auc_low": lo, "mia_auc_high": hi, "copy_share": 0.0,
+                            "copy_share_low": 0.0, "copy_share_high": 0.01, "dcr_score": 0.5, "dcr_score_low": 0.4,
+                            "dcr_score_high": 0.6, "reference_mia_auc": e + 0.2, "mia_tpr_at_1fpr": 0.02} for a, (e, lo, hi) in mia.items()]}
+    return {"fidelity": fidelity, "utility": {"summary": summary}, "privacy": privacy}
+
+
+RESULTS = fake_results(
+    mask_dice={"ddpm": (0.80, 0.75, 0.85), "ldm": (0.60, 0.55, 0.65), "fm": (0.78, 0.72, 0.83)},
+    utility={"none": (0.70, 0.65, 0.75), "ddpm": (0.74, 0.70, 0.78), "ldm": (0.60, 0.55, 0.64), "fm": (0.85, 0.81, 0.89)},
+    mia={"ddpm": (0.70, 0.64, 0.76), "ldm": (0.52, 0.47, 0.57), "fm": (0.50, 0.45, 0.55)},
+)
+
+
+def test_verdicts_follow_the_intervals():
+    table = paper.trade_off(RESULTS)
+    v = paper.verdicts(table).set_index("key")["verdict"]
+    assert v["fidelity_ddpm_best"] == "inconclusive"  # DDPM above LDM, but its interval overlaps FM's
+    assert v["utility_ddpm_best"] == "refuted"  # FM's interval lies entirely above DDPM's
+    assert v["privacy_ddpm_best"] == "refuted"  # lower AUC is better: FM and LDM lie entirely below
+    assert v["privacy_fm_best"] == "inconclusive"  # below DDPM, overlapping LDM
+    assert v["utility_fm_below_ddpm"] == "refuted"
+
+
+def test_a_claim_is_confirmed_only_when_the_intervals_separate():
+    results = fake_results(
+        mask_dice={"ddpm": (0.9, 0.88, 0.92), "ldm": (0.5, 0.4, 0.6), "fm": (0.7, 0.65, 0.75)},
+        utility={"none": (0.7, 0.65, 0.75), "ddpm": (0.8, 0.78, 0.82), "ldm": (0.6, 0.55, 0.64), "fm": (0.7, 0.68, 0.72)},
+        mia={"ddpm": (0.5, 0.45, 0.55), "ldm": (0.7, 0.65, 0.75), "fm": (0.6, 0.57, 0.63)})
+    v = paper.verdicts(paper.trade_off(results)).set_index("key")["verdict"]
+    assert v["fidelity_ddpm_best"] == v["utility_ddpm_best"] == v["utility_fm_below_ddpm"] == "confirmed"
+    assert v["privacy_ddpm_best"] == "confirmed" and v["privacy_fm_best"] == "refuted"
+
+
+def test_missing_interval_is_inconclusive():
+    results = json.loads(json.dumps(RESULTS))
+    results["privacy"]["summary"][0]["mia_auc_low"] = None
+    v = paper.verdicts(paper.trade_off(results)).set_index("key")
+    assert v.loc["privacy_ddpm_best", "verdict"] == "inconclusive" and "no interval" in v.loc["privacy_ddpm_best", "reason"]
+
+
+EIGHT_STEPS = [f"generators.{arm}.train.steps=8" for arm in ("ddpm", "ldm", "fm")]
+
+
+def test_every_number_of_the_manuscript_is_in_the_numbers_file(tmp_path):
+    params = load(REPO / "params/default.yaml", EIGHT_STEPS)
+    table = paper.trade_off(RESULTS)
+    claims = paper.verdicts(table)
+    by_budget = paper.budget_verdicts(paper.budget_curves(RESULTS, params))
+    numbers = paper.numbers(params, RESULTS, table, claims, by_budget)
+    folder = tmp_path / "paper"
+    (folder / "tables").mkdir(parents=True)
+    for name in ("trade_off", "claims"):
+        (folder / "tables" / f"{name}.md").write_text("| x |\n|---|\n| 1 |\n")
+    paper.save_numbers(numbers, folder)
+    paper.write_manuscript(paper.blocks(params, numbers, claims), folder)
+    text = (folder / "paper.md").read_text()
+    text = re.sub(r"\|.*\|", "", text)  # inlined tables are generated files, not text
+    text = re.sub(r"\([^)]*\.(png|csv)\)", "", text)  # file links
+    quoted = set(re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])", text))
+    known = set(numbers.values())
+    allowed = {"1", "2", "3"}  # stage 1 / stage 2, [-1, 1] range: fixed by the method, not results
+    missing = sorted(q for q in quoted if q not in known and q not in allowed and q != "0")
+    assert not missing, f"numbers in paper.md not in numbers.json: {missing}"
+    assert "0.800" in text and numbers["ddpm_mask_dice"] == "0.800"
+    assert "confirmed at 100%" in text or "inconclusive at 100%" in text or "refuted at 100%" in text
+    macros = (folder / "numbers.tex").read_text()
+    assert "\\newcommand{\\numDdpmMaskDice}{0.800}" in macros
+    assert json.loads((folder / "numbers.json").read_text()) == numbers
+    tex = (folder / "main.tex").read_text()
+    assert "\\input{tables/trade_off.tex}" in tex and "\\input{numbers.tex}" in tex
+
+
+def test_budget_curves_use_fractions_of_each_budget_and_claims_are_judged_per_budget():
+    params = load(REPO / "params/default.yaml", EIGHT_STEPS)
+    results = json.loads(json.dumps(RESULTS))
+    results["privacy"]["against_training_step"] = [
+        {"arm": a, "step": s, "mia_auc": auc, "mia_auc_low": auc - 0.02, "mia_auc_high": auc + 0.02}
+        for a, base in (("ddpm", 0.5), ("ldm", 0.6), ("fm", 0.7)) for s in (2, 4, 8) for auc in [base + (0.3 - base) * (s == 8) * (a == "fm")]]
+    curves = paper.budget_curves(results, params)
+    assert sorted(curves.fraction.unique()) == [0.25, 0.5, 1.0] and "mia_auc_low" in curves
+    v = paper.budget_verdicts(curves).set_index(["fraction", "key"])["verdict"]
+    assert v[0.25, "privacy_ddpm_best"] == "confirmed" and v[1.0, "privacy_ddpm_best"] == "refuted"  # the winner changes
+    assert v[0.25, "privacy_fm_best"] == "refuted" and v[1.0, "privacy_fm_best"] == "confirmed"
+
+
+def test_holm_and_wilcoxon_known_answers():
+    assert np.allclose(stats.holm([0.01, 0.04, 0.03, np.nan, 0.5]), [0.04, 0.09, 0.09, np.nan, 0.5], equal_nan=True)
+    r = stats.paired_wilcoxon(np.arange(10) + 0.5, np.arange(10.0))
+    assert r["median_difference"] == 0.5 and r["p_value"] < 0.01
+    assert np.isnan(stats.paired_wilcoxon(np.ones(5), np.ones(5))["p_value"])
+
+
+def test_bootstrap_statistic_matches_bootstrap_mean_and_keeps_strata():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=60)
+    groups = np.repeat(np.arange(20), 3)
+    a = stats.bootstrap_statistic(lambda rows: values[rows].mean(), groups, n_boot=2000, seed=1)
+    b = stats.bootstrap_mean(values, groups, n_boot=2000, seed=1)[0]
+    assert a.estimate == pytest.approx(b.estimate) and abs(a.low - b.low) < 0.08 and abs(a.high - b.high) < 0.08
+    strata = (groups >= 10).astype(int)
+    seen = []
+    stats.bootstrap_statistic(lambda rows: seen.append(set(strata[rows])) or 0.0, groups, strata=strata, n_boot=50)
+    assert all(s == {0, 1} for s in seen)
+
+
+def test_missing_metrics_file_names_the_notebook(tmp_path):
+    with pytest.raises(FileNotFoundError, match="30_fidelity"):
+        paper.load_results(RunPaths(tmp_path))

@@ -1,0 +1,246 @@
+"""Privacy metrics can catch a leak: exact search against brute force, AUC / TPR against known answers, copying and
+honest "generators", an overfitted model against an untrained one, and the axis written on a tiny run."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.spatial.distance import cdist
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from cmrlib import fidelity, models, params as params_mod, privacy
+from cmrlib.data import prepare
+from cmrlib.generation import save_samples
+from cmrlib.metrics import privacy as mp
+from cmrlib.paths import RunPaths
+
+RNG = np.random.default_rng(0)
+
+
+# -- exact nearest neighbours ---------------------------------------------------------------------------------------
+def test_nearest_neighbours_agree_with_brute_force_across_chunks():
+    q, r = RNG.normal(size=(37, 6, 6)).astype(np.float32), RNG.normal(size=(53, 6, 6)).astype(np.float32)  # images are float32
+    d = cdist(q.reshape(37, -1), r.reshape(53, -1))
+    nn = mp.nearest_l2(q, r, k=2, chunk=8)  # several chunks
+    np.testing.assert_array_equal(nn.index, np.argsort(d, 1)[:, :2])
+    np.testing.assert_allclose(nn.value, np.sort(d, 1)[:, :2], rtol=1e-10)
+    corr = np.corrcoef(q.reshape(37, -1), r.reshape(53, -1))[:37, 37:]
+    c = mp.nearest_correlation(q, r, k=3, chunk=10)
+    np.testing.assert_array_equal(c.index, np.argsort(-corr, 1)[:, :3])
+    np.testing.assert_allclose(c.value, -np.sort(-corr, 1)[:, :3], atol=1e-5)
+
+
+def test_mask_dice_search_agrees_with_brute_force_and_skips_empty_masks():
+    q, r = RNG.integers(0, 4, (9, 8, 8)), RNG.integers(0, 4, (12, 8, 8))
+    q[0] = 0  # no foreground: identifies nobody
+
+    def dice(a, b):
+        inter = sum(((a == c) & (b == c)).sum() for c in (1, 2, 3))
+        return 2 * inter / ((a > 0).sum() + (b > 0).sum())
+
+    brute = np.array([[dice(a, b) for b in r] for a in q[1:]])
+    nn = mp.nearest_mask_dice(q, r, chunk=4)
+    np.testing.assert_allclose(nn.value[1:, 0], brute.max(1))
+    np.testing.assert_array_equal(nn.index[1:, 0], brute.argmax(1))
+    assert np.isnan(nn.value[0, 0]) and nn.index[0, 0] == -1
+    assert mp.nearest_mask_dice(r[:3], r).value[:, 0] == pytest.approx([1, 1, 1])  # its own copy
+
+
+def test_near_copies_have_exact_tiny_distances_despite_large_norms():
+    r = RNG.uniform(-1, 1, (20, 64, 64)).astype(np.float32) + 5  # |x|^2 ~ 1e5: the expanded form alone would blur 1e-3
+    q = r[:4] + 1e-3
+    nn = mp.nearest_l2(q, r, k=2)
+    np.testing.assert_array_equal(nn.index[:, 0], np.arange(4))
+    np.testing.assert_allclose(nn.value[:, 0], 1e-3 * 64, rtol=1e-3)
+    assert (mp.distance_ratio(nn) < 0.01).all()
+
+
+# -- scores of two groups -------------------------------------------------------------------------------------------
+def test_auc_and_tpr_at_fpr_match_sklearn():
+    scores = np.round(RNG.normal(size=400), 1)  # with ties
+    labels = RNG.random(400) < 0.4
+    scores[labels] += 0.7
+    assert mp.auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    fpr, tpr, _ = roc_curve(labels, scores)
+    for target in (0.01, 0.05, 0.2):
+        assert mp.tpr_at_fpr(scores, labels, target) == pytest.approx(tpr[fpr <= target].max())
+
+
+def test_tpr_at_1pct_fpr_on_a_known_case():
+    negatives = np.arange(100.0)  # 1% FPR allows exactly one false positive: the threshold sits above 98
+    positives = np.r_[np.full(30, 98.5), np.full(20, 150.0), np.full(50, -1.0)]
+    scores, labels = np.r_[positives, negatives], np.r_[np.ones(100, bool), np.zeros(100, bool)]
+    assert mp.tpr_at_fpr(scores, labels, 0.01) == pytest.approx(0.5)
+    assert mp.tpr_at_fpr(scores, labels, 0.0) == pytest.approx(0.2)  # no false positive allowed: above 99
+    assert mp.auc(scores, labels) == pytest.approx(0.3 * 0.99 + 0.2 * 1 + 0.5 * 0)  # 98.5 beats 99 of the 100 negatives
+
+
+def test_dcr_score_is_a_half_for_the_same_distribution_and_one_for_copies():
+    assert mp.dcr_score(np.zeros(50), np.ones(60)) == 1.0
+    assert mp.dcr_score(np.ones(50), np.zeros(60)) == 0.0
+    a, b = RNG.exponential(size=4000), RNG.exponential(size=4000)
+    assert mp.dcr_score(a, b) == pytest.approx(0.5, abs=0.03)
+
+
+def test_logistic_attack_matches_sklearn_and_scores_are_nan_when_undefined():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = RNG.normal(size=(300, 3)) * [1, 5, 0.1]
+    y = x @ [1.0, -0.2, 4.0] + RNG.normal(size=300) > 0
+    ours = mp.LogisticAttack(C=1.0).fit(x, y).predict_proba(x)
+    theirs = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, tol=1e-10, max_iter=1000)).fit(x, y).predict_proba(x)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert np.isnan(mp.auc([0.1, np.nan], [True, False])) and np.isnan(mp.tpr_at_fpr([0.1, np.nan], [True, False]))
+    assert np.isnan(mp.auc([0.1, 0.2], [True, True]))
+
+
+def test_calibrated_attack_never_fits_on_the_patients_it_scores():
+    n = 120
+    groups = np.repeat([f"p{i}" for i in range(12)], 10)
+    labels = np.repeat(np.arange(12) < 6, 10)
+    errors = np.exp(RNG.normal(size=(n, 3)))  # unique rows: a row's features identify it
+    row_of = {float(np.log(e[0])): i for i, e in enumerate(errors)}
+    calls = []
+
+    class Spy:
+        classes_ = np.array([False, True])
+
+        def fit(self, x, y):
+            self.fitted = [row_of[float(v)] for v in x[:, 0]]
+            return self
+
+        def predict_proba(self, x):
+            calls.append((self.fitted, [row_of[float(v)] for v in x[:, 0]]))
+            return np.full((len(x), 2), 0.5)
+
+    scores, folds = mp.calibrated_scores(errors, labels, groups, seed=1, make_model=Spy)
+    assert len(calls) == 2 and not np.isnan(scores).any()
+    scored = sorted(i for _, rows in calls for i in rows)
+    assert scored == list(range(n))  # every slice scored exactly once
+    for fitted, rows in calls:
+        assert not set(groups[fitted]) & set(groups[rows])  # no patient both fitted on and scored
+        assert labels[fitted].any() and (~labels[fitted]).any()  # both classes in every fitting half
+    with pytest.raises(ValueError, match="member"):
+        mp.patient_folds(groups[:10], labels[:10], seed=0)  # one patient cannot be split into two folds
+
+
+# -- copying and honest generators on phantom data ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny phantom run with a reference segmenter, fake arms (``ddpm`` returns training images, ``fm`` holdout
+    images, half of each lightly noised) and a mask prior that returns training masks."""
+    p = params_mod.validate({
+        "run_name": "priv", "seed": 2,
+        "data": {"image_size": 32, "crop_mm": 150.0, "n_train_patients": 6, "n_holdout_patients": 6, "n_test_patients": 6,
+                 "phantom": {"patients_per_domain": 10, "slices_per_volume": 6}},
+        "fidelity": {"segmenter": {"widths": [8, 16, 32], "steps": 20, "batch_size": 8, "lr": 3e-3, "warmup_steps": 3}},
+        "privacy": {"bootstrap": 200, "mia_snr": [0.3, 3.0], "mia_draws": 1},
+    })
+    paths = RunPaths(tmp_path_factory.mktemp("run"))
+    slices = prepare(p, paths)
+    segmenter, _ = fidelity.reference_segmenter(p, paths, slices)
+    ref = privacy.reference(p, slices, segmenter)
+    rng = np.random.default_rng(0)
+    for arm, source in (("ddpm", ref.train), ("fm", ref.holdout)):
+        images = source.images[rng.choice(len(source), 60)]
+        images[::2] = np.clip(images[::2] + rng.normal(0, 0.02, images[::2].shape), -1, 1)
+        save_samples(paths, arm, "synthetic", record={}, images=images.astype(np.float32), masks=np.zeros(images.shape, np.uint8))
+    save_samples(paths, "mask_prior", "masks", record={}, masks=ref.train.masks[:30])
+    return p, paths, slices, ref
+
+
+def test_a_copying_generator_is_flagged_and_an_honest_one_is_not(tiny_run):
+    p, paths, slices, ref = tiny_run
+    mem = privacy.memorisation(p, paths, ref, arms=("ddpm", "fm"))
+    t = mem.rows.set_index(["set", "metric"])
+    assert t.loc[("ddpm", "copy_share"), "estimate"] > 0.95
+    assert t.loc[("ddpm", "dcr_score"), "low"] > 0.9  # closer to its training patients than unseen patients are
+    assert t.loc[("fm", "copy_share"), "estimate"] <= t.loc[(privacy.UNSEEN, "copy_share"), "estimate"] + 0.05
+    assert t.loc[("fm", "copy_share"), "high"] < 0.5
+    assert t.loc[("fm", "dcr_score"), "estimate"] < 0.55  # unseen patients (slightly noised): no closer than the holdout
+    assert np.isnan(t.loc[("ddpm", "lpips_flag_share"), "estimate"]) and "unavailable" in t.loc[("ddpm", "lpips_flag_share"), "interval"]
+    # a black-box attack on the synthetic set alone: training slices (members) against test slices (never used by
+    # either "generator"), scored by the distance to the nearest synthetic image
+    test = slices.split("test").images
+    labels = np.r_[np.ones(len(ref.train), bool), np.zeros(len(test), bool)]
+    auc = {arm: mp.auc(-mp.nearest_l2(np.concatenate([ref.train.images, test]), mem.images[arm], k=1).value[:, 0], labels)
+           for arm in ("ddpm", "fm")}
+    assert auc["ddpm"] > 0.8 and 0.2 < auc["fm"] < 0.8, auc
+    pairs = privacy.most_similar(mem, n=3)
+    assert (pairs[pairs.set == "ddpm"]["l2"] < 1e-6).all()  # the exact copies come first
+
+
+def test_copied_stage1_masks_are_flagged(tiny_run):
+    p, paths, slices, ref = tiny_run
+    masks = privacy.mask_copies(p, paths, ref).set_index(["set", "metric"])["estimate"]
+    assert masks["mask_prior", "copy_share"] == 1.0
+    assert masks[privacy.UNSEEN, "copy_share"] < 1.0
+
+
+def test_the_axis_writes_every_key_the_paper_and_export_gate_read(tiny_run):
+    p, paths, slices, ref = tiny_run
+    arms = ("ddpm", "fm")
+    mem = privacy.memorisation(p, paths, ref, arms=arms)
+    masks = privacy.mask_copies(p, paths, ref)
+    rng = np.random.default_rng(1)  # errors of a model that fits its members better (no model needed here)
+    errors = {arm: {"train": rng.exponential(0.5, (len(ref.train), 2)), "holdout": rng.exponential(1.0, (len(ref.holdout), 2)),
+                    "cross": rng.exponential(1.0, (len(ref.cross), 2))} for arm in arms}
+    table, roc = privacy.attacks(p, ref, errors)
+    mia = privacy.Membership(table, roc, errors, {})
+    path = privacy.save(p, paths, ref, mem, masks, mia, arms=arms)
+    record = json.loads(path.read_text())
+    keys = {"arm", "copy_share", "dcr_score", "mia_auc", "mia_tpr_at_1fpr", "mia_auc_loss", "reference_mia_auc"}
+    keys |= {f"{k}_{s}" for k in keys - {"arm"} for s in ("low", "high")} | {"n_synthetic", "n_members", "n_nonmembers"}
+    assert [r["arm"] for r in record["summary"]] == list(arms)
+    for r in record["summary"]:
+        assert keys <= set(r), keys - set(r)
+        assert r["mia_auc_low"] <= r["mia_auc"] <= r["mia_auc_high"] and r["mia_auc"] > 0.6
+        assert r["n_members"] == len(ref.train) and r["n_nonmembers"] == len(ref.holdout)
+    assert record["mask_prior"]["copy_share"] == 1.0
+    assert {r["level"] for r in record["mia"]} == {"0.3", "3", "all"}
+    assert (paths.tables / "privacy_summary.csv").is_file()
+
+
+def test_reference_protocol_domain_must_be_a_cross_domain_set(tiny_run):
+    p, paths, slices, ref = tiny_run
+    assert privacy.reference_split(p, slices) == ref.cross_split and ref.cross_split.startswith("cross_")
+    bad = p.model_copy(update={"privacy": p.privacy.model_copy(update={"reference_protocol_domain": "A"})})
+    with pytest.raises(ValueError, match="reference_protocol_domain"):
+        privacy.reference_split(bad, slices)
+
+
+# -- an overfitted model against an untrained one -------------------------------------------------------------------
+def _smooth_images(n, seed, size=16):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.avg_pool2d(torch.rand((n, 1, size, size), generator=g) * 2 - 1, 3, 1, 1)
+    return (x / x.abs().amax((1, 2, 3), keepdim=True))[:, 0].numpy()
+
+
+def _model_auc(model, members, nonmembers, p):
+    masks = np.zeros((len(members) + len(nonmembers), 16, 16), np.uint8)
+    errors = privacy.model_errors(p, model, np.concatenate([members, nonmembers]), masks, "test errors", batch_size=16)
+    labels = np.r_[np.ones(len(members), bool), np.zeros(len(nonmembers), bool)]
+    return mp.auc(mp.loss_scores(errors), labels)
+
+
+def test_an_overfitted_model_is_caught_and_an_untrained_one_is_not():
+    p = params_mod.validate({"run_name": "mia", "privacy": {"mia_snr": [1.0, 3.0, 10.0], "mia_draws": 4}})
+    torch.manual_seed(0)
+    unet = dict(widths=[8, 16], attention=[False, False], head_dim=8)
+    model = models.FlowMatchingModel(data_channels=1, cond_channels=4, sample_size=16, unet=unet)
+    members, nonmembers = _smooth_images(6, 1), _smooth_images(6, 2)
+    assert abs(_model_auc(model, _smooth_images(48, 3), _smooth_images(48, 4), p) - 0.5) < 0.15  # untrained: chance
+    x = torch.from_numpy(members)[:, None]
+    cond = models.one_hot(torch.zeros((len(x), 16, 16), dtype=torch.long))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        opt.zero_grad()
+        model.loss(x, cond, g).backward()
+        opt.step()
+    model.eval()
+    assert _model_auc(model, members, nonmembers, p) > 0.9

@@ -1,0 +1,209 @@
+"""The utility axis: Dice and HD95 against hand-computed cases, per-patient aggregation, the training regimes (data
+from the split only, no leak), a trained segmenter beating a constant one, determinism, and the summary on a tiny run."""
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cmrlib import metrics, params as params_mod, utility
+from cmrlib.data import prepare
+from cmrlib.generation import save_samples
+from cmrlib.models import SegmentationModel, one_hot
+from cmrlib.paths import RunPaths
+
+LV, MYO, RV = 1, 2, 3
+
+
+# -- metrics against hand-computed cases ---------------------------------------------------------------------------
+def _square(size=20, top=5, left=5, side=4, label=LV):
+    m = np.zeros((size, size), np.uint8)
+    m[top : top + side, left : left + side] = label
+    return m
+
+
+def test_perfect_prediction_scores_dice_one_and_hd95_zero():
+    m = _square()[None]
+    np.testing.assert_array_equal(metrics.dice_per_structure(m, m), [[1.0, np.nan, np.nan]])
+    np.testing.assert_array_equal(metrics.hd95_per_structure(m, m, spacing=1.5), [[0.0, np.nan, np.nan]])
+    assert metrics.reference_protocol_dice(m, m) == pytest.approx([1.0])
+
+
+def test_shift_by_known_pixels_gives_known_dice_and_hd95():
+    # a 4 x 4 square shifted by one column: overlap 12 of 16 + 16 pixels -> Dice 24 / 32
+    target, pred = _square()[None], _square(left=6)[None]
+    assert metrics.dice_per_structure(pred, target)[0, 0] == pytest.approx(0.75)
+    # a one-pixel-wide line shifted by 4 columns: every surface point lies exactly 4 pixels from the other line
+    line = np.zeros((1, 20, 20), np.uint8)
+    line[0, 3:15, 5] = MYO
+    moved = np.roll(line, 4, axis=2)
+    hd = metrics.hd95_per_structure(moved, line, spacing=1.5)
+    assert hd[0, 1] == pytest.approx(4 * 1.5)
+    assert metrics.hd95_per_structure(moved, line, spacing=(1.0, 2.0))[0, 1] == pytest.approx(4 * 2.0)  # columns at 2 mm
+
+
+def test_empty_prediction_and_empty_reference_follow_the_documented_conventions():
+    target = _square()[None]
+    empty = np.zeros_like(target)
+    diagonal = metrics.image_diagonal_mm((20, 20), 2.0)
+    assert diagonal == pytest.approx(19 * 2.0 * math.sqrt(2))
+    # empty prediction of a present structure: Dice 0, HD95 the image diagonal (one-sided)
+    assert metrics.dice_per_structure(empty, target)[0, 0] == 0.0
+    assert metrics.hd95_per_structure(empty, target, spacing=2.0)[0, 0] == pytest.approx(diagonal)
+    # a structure predicted where the reference has none: the same
+    assert metrics.dice_per_structure(target, empty)[0, 0] == 0.0
+    assert metrics.hd95_per_structure(target, empty, spacing=2.0)[0, 0] == pytest.approx(diagonal)
+    np.testing.assert_array_equal(metrics.one_sided_empty(empty, target), [[True, False, False]])
+    # absent from both: undefined, NaN for Dice and HD95
+    assert np.isnan(metrics.dice_per_structure(empty, empty)).all()
+    assert np.isnan(metrics.hd95_per_structure(empty, empty)).all()
+    # the reference protocol includes background: an empty prediction still scores on the background class
+    bg = 2 * (400 - 16) / (400 + 400 - 16)
+    assert metrics.reference_protocol_dice(empty, target) == pytest.approx([(bg + 0.0) / 2])
+
+
+def test_volume_dice_sums_over_slices_before_the_ratio():
+    target = np.stack([_square(), _square()])
+    pred = np.stack([_square(), np.zeros((20, 20), np.uint8)])
+    # 3D: 2 * 16 / (16 + 32); the mean of the slice Dice would be 0.5
+    assert metrics.volume_dice(pred, target)[0] == pytest.approx(32 / 48)
+    assert np.nanmean(metrics.dice_per_structure(pred, target)[:, 0]) == pytest.approx(0.5)
+    assert np.isnan(metrics.volume_dice(pred, target)[1:]).all()
+
+
+def test_per_patient_aggregation_stacks_volumes_and_averages_phases():
+    full = _square(side=6, label=LV)
+    full[14:18, 14:18] = RV
+    no_lv = np.where(full == LV, 0, full)
+    # patient P: ED perfect (2 slices), ES with LV missed on one of its 2 slices; patient Q: perfect (1 slice each)
+    target = np.stack([full, full, full, full, full, full])
+    pred = np.stack([full, full, full, no_lv, full, full])
+    meta = pd.DataFrame({"patient": ["P", "P", "P", "P", "Q", "Q"], "phase": ["ED", "ED", "ES", "ES", "ED", "ES"],
+                         "slice_index": [1, 0, 0, 1, 0, 0]})
+    per_slice, volumes = utility.score_volumes(pred, target, meta, spacing=1.0)
+    assert len(per_slice) == 6 and len(volumes) == 4
+    es = volumes.set_index(["patient", "phase"]).loc[("P", "ES")]
+    assert es["dice_LV"] == pytest.approx(2 * 36 / (36 + 72))  # one of two slices found
+    assert es["dice_RV"] == pytest.approx(1.0) and np.isnan(es["dice_MYO"])
+    assert es["dice_mean"] == pytest.approx((2 * 36 / 108 + 1) / 2)  # MYO absent from both: left out
+    diagonal = metrics.image_diagonal_mm((20, 20), 1.0)
+    assert es["hd95_LV"] == pytest.approx(diagonal / 2)  # one slice perfect (0), one missed (the diagonal)
+    patients = utility.per_patient(volumes).set_index("patient")
+    assert patients.loc["P", "dice_LV"] == pytest.approx((1 + 2 * 36 / 108) / 2)  # mean of ED and ES
+    assert patients.loc["Q", "dice_mean"] == pytest.approx(1.0)
+    assert (patients["n_volumes"] == 2).all()
+
+
+# -- the segmentation model's augmentation ---------------------------------------------------------------------------
+def test_augmentation_is_reproducible_and_flips_only_keeps_the_old_config():
+    assert "augment" not in SegmentationModel(widths=[8, 16, 32]).config  # reference segmenters' checkpoints still load
+    model = SegmentationModel(widths=[8, 16, 32], augment="monai")
+    assert model.config["augment"] == "monai"
+    x = torch.linspace(-1, 1, 4 * 32 * 32).reshape(4, 1, 32, 32)
+    cond = one_hot(torch.from_numpy(np.stack([_square(32, 8, 8, 12)] * 4)))
+    a = model.augmented(x, cond, torch.Generator().manual_seed(5))
+    b = model.augmented(x, cond, torch.Generator().manual_seed(5))
+    c = model.augmented(x, cond, torch.Generator().manual_seed(6))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    assert torch.equal(a[1].sum(1), torch.ones(4, 32, 32))  # the label stays one-hot after rotation (border padding)
+    with pytest.raises(ValueError, match="augment"):
+        SegmentationModel(augment="mixup")
+
+
+# -- the regimes on a tiny run -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 32-px phantom run with a fake 'ddpm' synthetic set (noise images on training masks)."""
+    p = params_mod.validate({
+        "run_name": "util", "seed": 2,
+        "data": {"image_size": 32, "crop_mm": 150.0, "n_train_patients": 4, "n_holdout_patients": 1, "n_test_patients": 2,
+                 "n_cross_patients": 2, "phantom": {"patients_per_domain": 4, "slices_per_volume": 5}},
+        "utility": {"segmenter": {"widths": [8, 16, 32], "steps": 40, "batch_size": 8, "lr": 3e-3, "warmup_steps": 3},
+                    "n_real_patients": [2, None], "bootstrap": 50, "augment": True},
+    })
+    paths = RunPaths(tmp_path_factory.mktemp("run"))
+    slices = prepare(p, paths)
+    splits = json.loads(paths.splits.read_text())
+    train = slices.split("train")
+    rng = np.random.default_rng(0)
+    save_samples(paths, "ddpm", "synthetic", record={}, images=rng.uniform(-1, 1, train.images[:24].shape).astype(np.float32),
+                 masks=train.masks[:24])
+    return p, paths, slices, splits
+
+
+def _hashes(images):
+    return {hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images}
+
+
+def test_plan_and_training_sets_use_exactly_the_split_patients(tiny_run):
+    p, paths, slices, splits = tiny_run
+    runs = utility.plan(p, splits, arms=("ddpm",))
+    assert [r.name for r in runs] == ["real_none_n2_seed0", "real_none_n4_seed0", "synthetic_ddpm_n0_seed0",
+                                      "real+synthetic_ddpm_n2_seed0", "real+synthetic_ddpm_n4_seed0"]
+    held_out = _hashes(slices.images[slices.meta["split"].to_numpy() != "train"])  # test, holdout, cross-domain
+    train_ids = splits["sets"]["train"]
+    for run in runs:
+        data = utility.training_set(p, paths, slices, splits, run)
+        assert data.patients == train_ids[: run.n_real]
+        real = data.images[: data.n_real]
+        expected = slices.images[slices.meta["patient"].isin(train_ids[: run.n_real]).to_numpy()]
+        assert _hashes(real) == _hashes(expected) and len(real) == len(expected)  # exactly those patients' slices
+        assert not (_hashes(data.images) & held_out), f"{run.name} trains on a held-out image"
+        assert data.n_synthetic == (0 if run.regime == "real" else 24)
+    with pytest.raises(ValueError, match="n_real_patients"):
+        utility.n_real_grid(p.model_copy(update={"utility": p.utility.model_copy(update={"n_real_patients": [9]})}), splits)
+
+
+def test_a_trained_segmenter_beats_a_constant_prediction_and_the_same_seed_repeats(tiny_run, tmp_path):
+    p, paths, slices, splits = tiny_run
+    run = utility.Run("real", "none", 4, 0)
+    model, result, _ = utility.train_run(p, paths, slices, splits, run)
+    test = slices.split("test")
+    pred = utility.segment(model, test.images)
+    dice = np.nanmean(metrics.dice_per_structure(pred, test.masks))
+    for label in range(4):  # every constant label map scores lower
+        assert dice > np.nanmean(metrics.dice_per_structure(np.full_like(test.masks, label), test.masks)) + 0.1
+    # the same run in another folder: identical losses and predictions
+    again, result2, _ = utility.train_run(p, RunPaths(tmp_path), slices, splits, run)
+    pd.testing.assert_series_equal(result.losses["loss"], result2.losses["loss"])
+    np.testing.assert_array_equal(pred, utility.segment(again, test.images))
+    # done: loads at once
+    _, resumed, _ = utility.train_run(p, paths, slices, splits, run)
+    assert resumed.resumed_from == p.utility.segmenter.steps
+
+
+def test_run_all_summary_and_json(tiny_run):
+    p, paths, slices, splits = tiny_run
+    results = utility.run_all(p, paths, slices, splits, arms=("ddpm",))
+    table = utility.summary(p, results)
+    sets = utility.eval_sets(splits)
+    assert sets[0] == "test" and len(sets) == 3  # cross_C, cross_D
+    assert len(table) == 5 * len(sets)
+    assert set(utility.SUMMARY_KEYS) <= set(table.columns)
+    real = table[table.regime == "real"]
+    assert real["delta_vs_real"].isna().all() and real["p_value"].isna().all() and (real["arm"] == "none").all()
+    other = table[table.regime != "real"]
+    assert other["delta_vs_real"].notna().all()
+    assert (table.loc[table.regime == "synthetic", "baseline_n"] == 4).all()
+    ok = table["p_value"].notna()
+    assert (table.loc[ok, "p_holm"] >= table.loc[ok, "p_value"] - 1e-12).all()
+    assert ((table["dice_mean_low"] <= table["dice_mean"] + 1e-9) & (table["dice_mean"] <= table["dice_mean_high"] + 1e-9)).all()
+    # delta = regime minus real-only on the same patients, recomputed from the per-patient table
+    pp = results.patients
+    row = table[(table.regime == "real+synthetic") & (table.n_real_patients == 2) & (table.eval_set == "test")].iloc[0]
+    a = pp[(pp.regime == "real+synthetic") & (pp.n_real_patients == 2) & (pp.eval_set == "test")].set_index("patient")["dice_mean"]
+    b = pp[(pp.regime == "real") & (pp.n_real_patients == 2) & (pp.eval_set == "test")].set_index("patient")["dice_mean"]
+    assert row["delta_vs_real"] == pytest.approx((a - b).mean())
+    assert row["dice_mean"] == pytest.approx(a.mean()) and row["n_patients"] == len(a) == len(splits["sets"]["test"])
+    path = utility.save(p, paths, results, table)
+    record = json.loads(path.read_text())
+    assert len(record["summary"]) == len(table) and set(utility.SUMMARY_KEYS) <= set(record["summary"][0])
+    assert all(m["train_wall_time_s"] >= 0 for m in record["models"])
+    assert (paths.tables / "utility_dice.csv").exists() and (paths.tables / "utility_delta.md").exists()
+    examples = utility.examples(results, slices)
+    assert len(examples) == 2 * 3 and examples[0]["dice"] >= examples[1]["dice"]
