@@ -161,22 +161,25 @@ def _diversity_rows(set_name: str, images: np.ndarray, params: StudyParams) -> l
     return _boot_rows(set_name, ["diversity_ms_ssim"], values, None, params, f"diversity/{set_name}", "image pairs")
 
 
-def evaluate_arm(params: StudyParams, paths: RunPaths, arm: str, ref: Reference, segmenter: SegmentationModel) -> list[dict]:
-    """Every metric of one arm (long form: set, metric, estimate, low, high, interval, n)."""
+def evaluate_arm(params: StudyParams, paths: RunPaths, arm: str, ref: Reference, segmenter: SegmentationModel,
+                 step: int | None = None) -> list[dict]:
+    """Every metric of one arm (long form: set, metric, estimate, low, high, interval, n); with ``step``, of its kept
+    checkpoint at that step (set ``<arm>@<step>``: its paired set and its synthetic subset)."""
     f = params.fidelity
-    paired = generation.load_samples(paths, arm, "paired")
-    synthetic = generation.load_samples(paths, arm, "synthetic")
+    name = arm if step is None else f"{arm}@{step}"
+    paired = generation.load_samples(paths, arm, "paired" if step is None else f"paired_step{step}")
+    synthetic = generation.load_samples(paths, arm, "synthetic") if step is None else generation.synthetic_by_step(params, paths, arm)[step]
     order = _align(paired["rows"], ref.rows)
     real, masks, patients = ref.images[order], ref.masks[order], ref.patients[order]
     images = paired["images"]
-    out = distribution_rows(arm, ref.features, ref.space(synthetic["images"]), params)
-    out.append(_row(arm, "fid_paired", metrics.fid(ref.features, ref.space(images)), n=len(images)))
+    out = distribution_rows(name, ref.features, ref.space(synthetic["images"]), params)
+    out.append(_row(name, "fid_paired", metrics.fid(ref.features, ref.space(images)), n=len(images)))
     values = metrics.paired_metrics(images, real, f.kernel_size)
-    out += _boot_rows(arm, list(values), np.column_stack(list(values.values())), patients, params, f"paired/{arm}", "test patients")
-    out.append(_row(arm, "lpips", math.nan, interval=metrics.lpips_status() or "", n=len(images)))
+    out += _boot_rows(name, list(values), np.column_stack(list(values.values())), patients, params, f"paired/{name}", "test patients")
+    out.append(_row(name, "lpips", math.nan, interval=metrics.lpips_status() or "", n=len(images)))
     dice = _with_mean(mask_faithfulness(segmenter, images, masks))
-    out += _boot_rows(arm, DICE + ["dice_mean"], dice, patients, params, f"dice/{arm}", "test patients")
-    out += _diversity_rows(arm, synthetic["images"], params)
+    out += _boot_rows(name, DICE + ["dice_mean"], dice, patients, params, f"dice/{name}", "test patients")
+    out += _diversity_rows(name, synthetic["images"], params)
     return out
 
 
@@ -204,11 +207,17 @@ def evaluate_references(params: StudyParams, ref: Reference, segmenter: Segmenta
     return out
 
 
-def evaluate(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: SegmentationModel, arms=ARMS) -> pd.DataFrame:
-    """Every metric of every arm, then the ``real`` and ``mean image`` reference rows (long form)."""
+def evaluate(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: SegmentationModel, arms=ARMS,
+             degraded: bool = True) -> pd.DataFrame:
+    """Every metric of every arm, then (``degraded``) of each arm's earliest kept checkpoint (``<arm>@<step>``, the
+    under-trained control every metric should rank below), then the ``real`` and ``mean image`` reference rows."""
     rows = []
     for arm in arms:
         rows += evaluate_arm(params, paths, arm, ref, segmenter)
+    for arm in arms if degraded else ():
+        kept = sorted(training.kept_checkpoints(paths.checkpoints / arm))
+        if len(kept) > 1 and (paths.samples / arm / f"paired_step{kept[0]}.npz").exists():
+            rows += evaluate_arm(params, paths, arm, ref, segmenter, step=kept[0])
     rows += evaluate_references(params, ref, segmenter)
     table = pd.DataFrame(rows)
     table["feature_space"] = np.where(table["metric"].isin(["fid", "fid_paired", "kid", "precision", "recall", "density", "coverage"]),

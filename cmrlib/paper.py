@@ -254,7 +254,7 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
         "mask_prior_steps": str(g.mask_prior.train.steps), "mask_prior_sampler_steps": str(g.mask_prior.sample.steps),
         "ae_steps": str(g.ldm.autoencoder.train.steps), "n_snr": str(len(params.privacy.mia_snr)),
         "mia_draws": str(params.privacy.mia_draws), "max_copy_share": fmt(params.export.max_copy_share, 2),
-        "max_mia_auc": fmt(params.export.max_mia_auc, 2),
+        "max_mia_auc": fmt(params.export.max_mia_auc, 2), "chance": "0.5",
     }
     for arm in ARMS:
         p = g.arm(arm)
@@ -276,6 +276,7 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
     privacy = {r["arm"]: r for r in results["privacy"]["summary"]}
     for arm, r in privacy.items():
         out[f"{arm}_reference_mia_auc"] = fmt(_num(r.get("reference_mia_auc")))
+        out[f"{arm}_domain_shift_auc"] = fmt(_num(r.get("domain_shift_auc")))
         out[f"{arm}_mia_tpr"] = fmt(_num(r.get("mia_tpr_at_1fpr")))
     real = {r["metric"]: r for r in results["fidelity"]["metrics"] if r["set"] == "real"}
     if "dice_mean" in real:
@@ -310,6 +311,9 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
     privacy = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_mia_auc')}" for a in ARMS)
     reference_auc = ", ".join(f"{LABELS[a]} {n.get(f'{a}_reference_mia_auc', 'n/a')}" for a in ARMS)
     copies = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_copy_share')}" for a in ARMS)
+    dcr = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_dcr_score')}" for a in ARMS)
+    shift = ", ".join(f"{LABELS[a]} {n.get(f'{a}_domain_shift_auc', 'n/a')}" for a in ARMS)
+    deltas = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_utility_delta')}" for a in ARMS)
     verdict_text = "; ".join(f"*{r.claim}*: **{n[f'claim_{r.key}']}**" for r in claims.itertuples())
     budgets = sorted({k.split("_")[1] for k in n if re.fullmatch(r"budget_\d+pct", k)}, key=lambda v: int(v[:-3]))
     budget_text = "; ".join(
@@ -349,10 +353,14 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
         ("fig", "paper_samples", "The paired set: real test masks, the image each arm generated from them, and the real image."),
         ("p", f"**Fidelity.** Mask faithfulness: {arms} (real images: {n.get('real_mask_dice', 'n/a')})."),
         ("p", f"**Utility.** With {n['n_real_smallest']} real patients plus synthetic data, in-domain Dice: {utility}; real "
-              f"only: {_interval(n, 'real_only_utility_dice')}."),
+              f"only: {_interval(n, 'real_only_utility_dice')}; change against real only: {deltas}. Cross-domain (first other "
+              f"vendor): real only {_interval(n, 'real_only_cross_dice')}."),
         ("fig", "paper_utility", "Segmentation Dice against the number of real training patients, per regime and arm."),
         ("p", f"**Privacy.** Membership AUC (ours): {privacy}. With the reference protocol (non-members from another vendor): "
-              f"{reference_auc}. Share of synthetic images flagged as copies: {copies}."),
+              f"{reference_auc}; a control that pits two non-member sets against each other (held-out patients against the other "
+              f"vendor) reaches {shift}, so most of the reference protocol's AUC is vendor shift. Share of synthetic images "
+              f"flagged as copies: {copies}; distance-to-closest-record score ({n['chance']}: no closer to the training patients than "
+              f"unseen patients are; 1: copies): {dcr}."),
         ("fig", "paper_privacy", "Membership inference: AUC against noise level per arm (ours)."),
         ("fig", "paper_trade_off", "The trade-off: each arm on fidelity, utility and privacy, with intervals."),
         ("table", "trade_off", "Each arm on the three axes (estimate, interval)."),
@@ -365,7 +373,8 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
         ("p", ("These results come from phantom data, not from patients: they test the pipeline and the metrics, not the "
                "clinical claims; run the study on ACDC or M&Ms (params/acdc.yaml, params/mnms.yaml) for those. " if not real_data else "")
               + "The step budgets fit a CPU and are far below the reference study's; which arm wins can depend on the budget "
-              "(see the checkpoint curves of the fidelity notebook). FID is computed in a segmentation network's feature space "
+              "(see the checkpoint curves of the fidelity notebook); the LDM's wall time on those curves excludes its "
+              "autoencoder. With few held-out patients the membership intervals are wide. FID is computed in a segmentation network's feature space "
               "unless InceptionV3 weights are provided; LPIPS needs weights that are not shipped."),
     ]
 

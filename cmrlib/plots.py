@@ -10,6 +10,7 @@ from matplotlib.patches import Patch
 
 from .data.records import SliceSet
 from .labels import COLOURS, FOREGROUND
+from .params import ARMS
 
 
 def _colours(mask: np.ndarray, alpha: float) -> np.ndarray:
@@ -441,6 +442,9 @@ def paired_examples(masks: np.ndarray, generated: dict[str, np.ndarray], real: n
     return fig
 
 
+BUDGET_AXES = {"fraction": "fraction of the arm's step budget", "step": "training step", "train_elapsed_s": "training wall time (s)"}
+
+
 def axis_against_budget(curves: pd.DataFrame, metrics: dict[str, str], x: str = "step") -> plt.Figure:
     """Each axis against training budget per arm (long: arm, <x>, one column per metric, optional <metric>_low/_high)."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.8), squeeze=False)
@@ -448,12 +452,13 @@ def axis_against_budget(curves: pd.DataFrame, metrics: dict[str, str], x: str = 
         if metric not in curves:
             ax.set_axis_off()
             continue
-        for arm, rows in curves.groupby("arm", sort=False):
-            rows = rows.sort_values(x)
-            ax.plot(rows[x], rows[metric], marker="o", label=arm.upper())
+        arms = sorted(curves["arm"].unique(), key=lambda a: (a not in ARMS, ARMS.index(a) if a in ARMS else 0, a))
+        for i, arm in enumerate(arms):  # the same colour per arm in every panel and figure
+            rows = curves[curves["arm"] == arm].sort_values(x)
+            ax.plot(rows[x], rows[metric], marker="o", color=f"C{i}", label=arm.upper())
             if f"{metric}_low" in rows and rows[f"{metric}_low"].notna().any():
-                ax.fill_between(rows[x], rows[f"{metric}_low"], rows[f"{metric}_high"], alpha=0.2)
-        ax.set_xlabel(x.replace("_", " "))
+                ax.fill_between(rows[x], rows[f"{metric}_low"], rows[f"{metric}_high"], color=f"C{i}", alpha=0.2)
+        ax.set_xlabel(BUDGET_AXES.get(x, x.replace("_", " ")))
         ax.set_title(title, fontsize=8)
     axes[0, 0].legend(frameon=False, fontsize=7)
     fig.tight_layout()

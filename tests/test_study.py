@@ -94,6 +94,16 @@ def test_smoke_study_runs_every_notebook_then_skips_unchanged_stages(smoke_run):
     assert len(slices) > 0 and (run_dir / "splits.json").exists()
     for fig in ("data_examples", "data_intensity_histograms"):
         assert (run_dir / "figures" / f"{fig}.png").exists() and (run_dir / "figures" / f"{fig}.pdf").exists()
+    fidelity = json.loads((run_dir / "metrics/fidelity.json").read_text())
+    sets = {r["set"] for r in fidelity["metrics"]}
+    assert {"ddpm", "ldm", "fm", "real", "mean image", "ddpm@2", "ldm@2", "fm@2"} <= sets  # the under-trained controls
+    for axis in ("utility", "privacy"):
+        record = json.loads((run_dir / f"metrics/{axis}.json").read_text())
+        assert record["summary"] and record["against_training_step"], axis
+    numbers = json.loads((run_dir / "paper/numbers.json").read_text())
+    assert (run_dir / "paper/paper.md").read_text().count(numbers["ddpm_mask_dice"]) >= 1
+    for fig in ("paper_trade_off", "paper_samples", "paper_utility", "paper_privacy", "paper_budgets", "data_examples"):
+        assert (run_dir / "paper/figures" / f"{fig}.pdf").exists(), fig
 
     log.clear()
     study.run(REPO / "params/smoke.yaml", runs_dir=runs, echo=log.append)
