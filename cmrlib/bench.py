@@ -1,7 +1,7 @@
 """``python -m cmrlib.bench``: what the study costs on this machine, printed as tables and written as JSON.
 
     python -m cmrlib.bench [--params params/default.yaml] [--paper-params params/paper.yaml] [--run runs/default]
-                           [--repeats 5] [--out bench.json] [--quick]
+                           [--repeats 5] [--out runs/bench.json] [--quick]
 
 Sections (medians over ``--repeats``; peak memory of the process as it grows):
 
@@ -42,7 +42,7 @@ from .labels import NUM_CLASSES
 from .models import one_hot
 from .params import ARMS, StudyParams
 from .params import load as load_params
-from .paths import project_root
+from .paths import project_root, runs_root
 
 
 def _median_time(fn, repeats: int, warmup: int = 1) -> float:
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper-params", default=str(root / "params/paper.yaml"))
     parser.add_argument("--run", default=str(root / "runs/default"), help="a study run whose run.json and fidelity steps table to read")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default="bench.json")
+    parser.add_argument("--out", default=str(runs_root() / "bench.json"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that the benchmark runs (numbers meaningless)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
