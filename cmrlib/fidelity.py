@@ -312,18 +312,6 @@ def quality_against_training_step(params: StudyParams, paths: RunPaths, ref: Ref
 
 
 # -- writing -------------------------------------------------------------------------------------------------------
-def _clean(value):
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return None if math.isnan(value) else (str(float(value)) if math.isinf(value) else float(value))
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def save(params: StudyParams, paths: RunPaths, ref: Reference, table: pd.DataFrame, steps: pd.DataFrame,
          checkpoints: pd.DataFrame, segmenter_result: training.TrainResult | None = None) -> Path:
     """Write ``metrics/fidelity.json`` and the tables ``fidelity_metrics`` (long), ``fidelity_summary`` (wide),
@@ -354,7 +342,7 @@ def save(params: StudyParams, paths: RunPaths, ref: Reference, table: pd.DataFra
         "steps_against_quality": steps.to_dict(orient="records"),
         "quality_against_training_step": checkpoints.to_dict(orient="records"),
     }
-    return write_json(paths.metrics / "fidelity.json", _clean(record))
+    return write_json(paths.metrics / "fidelity.json", record)
 
 
 __all__ = ["STAGE", "METRICS", "STRUCTURES", "Reference", "build_segmenter", "reference_segmenter", "segment",

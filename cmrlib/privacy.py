@@ -52,7 +52,6 @@ from tqdm.auto import tqdm
 
 from . import generation, metrics, report
 from .data.records import SliceSet, write_json
-from .fidelity import _clean
 from .metrics import privacy as mp
 from .models import FlowMatchingModel, LatentDiffusion
 from .models.flow import time_for_snr
@@ -469,7 +468,7 @@ def save(params: StudyParams, paths: RunPaths, ref: Reference, mem: Memorisation
         "against_training_step": budgets.to_dict(orient="records"),
         "seconds": {"model_errors_per_arm": {k: round(v, 1) for k, v in mia.seconds.items()}},
     }
-    return write_json(paths.metrics / "privacy.json", _clean(record))
+    return write_json(paths.metrics / "privacy.json", record)
 
 
 __all__ = ["STAGE", "UNSEEN", "PROTOCOLS", "ATTACKS", "Reference", "reference", "reference_split", "nearest_to_train",

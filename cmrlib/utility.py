@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from . import generation, metrics, report, training
 from .data.records import SliceSet, write_json
-from .fidelity import _clean, segment
+from .fidelity import segment
 from .labels import FOREGROUND
 from .models import SegmentationModel, one_hot
 from .params import ARMS, StudyParams
@@ -470,7 +470,7 @@ def save(params: StudyParams, paths: RunPaths, results: Results, table: pd.DataF
         "per_patient": results.patients.to_dict(orient="records"),
         "against_training_step": budgets.to_dict(orient="records"),
     }
-    return write_json(paths.metrics / "utility.json", _clean(record))
+    return write_json(paths.metrics / "utility.json", record)
 
 
 __all__ = ["STAGE", "REGIMES", "STRUCTURES", "SUMMARY_KEYS", "Run", "TrainingSet", "Results", "n_real_grid", "plan",
