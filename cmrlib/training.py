@@ -1,7 +1,9 @@
 """The one training loop of the study: every generator (DDPM, LDM, flow matching, the mask prior) trains here.
 
 A model is an ``nn.Module`` with ``model.loss(x, cond, generator) -> scalar`` (all its randomness drawn from
-``generator``) and ``model.config`` (a JSON-able dict that rebuilds it). :func:`train` owns everything else:
+``generator``) and ``model.config`` (a JSON-able dict that rebuilds it). A model whose input passes through a frozen,
+deterministic map first (the LDM's encoder) defines ``model.training_inputs(x)``: the loop applies it to the whole set
+once, and ``loss`` takes its output. :func:`train` owns everything else:
 AdamW, a linear warm-up then cosine decay to 0, gradient clipping, an EMA with warm-up, a tqdm bar, the loss log
 ``loss.csv``, atomic checkpoints and automatic, bit-exact resume. Budgets are in optimisation steps, and copies of
 the checkpoint are kept at fractions of the budget (``step_0000250.pt`` ...) so that evaluation can report every
@@ -423,6 +425,8 @@ def train(
         _truncate_log(log_path, step)
     resumed_from = step
     x, cond = x.to(device), None if cond is None else cond.to(device)
+    if callable(getattr(net, "training_inputs", None)):
+        x = net.training_inputs(x)
     n = len(x)
 
     def gather_states(gen: torch.Generator) -> list[Tensor]:

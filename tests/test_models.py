@@ -139,7 +139,8 @@ def test_interface_shapes_reproducibility_and_rebuild(make):
     m = make().eval()
     masks = onehot_masks(3)
     x = torch.rand(3, 1, SIZE, SIZE) * 2 - 1
-    loss = m.loss(x, masks, torch.Generator().manual_seed(0))
+    inputs = m.training_inputs(x) if isinstance(m, models.LatentDiffusion) else x  # the LDM's loss takes latents
+    loss = m.loss(inputs, masks, torch.Generator().manual_seed(0))
     assert loss.ndim == 0 and torch.isfinite(loss)
     sampler = "euler" if isinstance(m, models.FlowMatchingModel) else "ddim"
     a = m.sample(masks, sampler=sampler, steps=3, generator=torch.Generator().manual_seed(5))
@@ -159,6 +160,8 @@ def test_latent_scale_gives_unit_variance_latents():
     m.set_latent_scale(x)
     assert m.to_latent(x).std().item() == pytest.approx(1.0, rel=1e-4)
     assert m.to_latent(x).shape == (8, 2, SIZE // 2, SIZE // 2)
+    # the set the training loop encodes once, in batches, is the latents of every image
+    torch.testing.assert_close(m.training_inputs(x, batch_size=3), m.to_latent(x))
 
 
 @pytest.mark.parametrize("make", [tiny_diffusion, tiny_flow], ids=["ddpm", "fm"])

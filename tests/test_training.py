@@ -214,3 +214,26 @@ def test_finished_run_is_not_retrained_elsewhere(tmp_path, data, reference):
     torch.save(ckpt, tmp_path / "last.pt")
     with pytest.raises(CheckpointError, match="device_type: checkpoint 'cuda', now 'cpu'"):
         train(TinyDenoiser(), *data, cfg(), tmp_path)
+
+
+class EncodedDenoiser(TinyDenoiser):
+    """A TinyDenoiser behind a fixed input map, as the LDM behind its frozen encoder."""
+
+    encoded_sets = 0
+
+    def training_inputs(self, x):
+        type(self).encoded_sets += 1
+        return 0.5 * x.flip(-1)
+
+
+def test_training_inputs_are_computed_once_and_trained_on(tmp_path, data):
+    x, cond = data
+    EncodedDenoiser.encoded_sets = 0
+    torch.manual_seed(0)
+    encoded = EncodedDenoiser()
+    train(encoded, x, cond, cfg(steps=12), tmp_path / "encoded")
+    assert EncodedDenoiser.encoded_sets == 1  # the whole set once, not every batch
+    # the same run as a plain model trained on the mapped set
+    plain = make_model()
+    train(plain, 0.5 * x.flip(-1), cond, cfg(steps=12), tmp_path / "plain")
+    assert_same(encoded.state_dict(), plain.state_dict())

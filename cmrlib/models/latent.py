@@ -67,18 +67,25 @@ class LatentDiffusion(nn.Module):
         return self
 
     @torch.no_grad()
-    def set_latent_scale(self, images: Tensor, batch_size: int = 64) -> float:
+    def set_latent_scale(self, images: Tensor) -> float:
         """Scale latents to unit standard deviation over ``images`` (the training set)."""
-        z = torch.cat([self.autoencoder.encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
-        self.latent_scale.fill_(1.0 / float(z.std()))
+        self.latent_scale.fill_(1.0)
+        self.latent_scale.fill_(1.0 / float(self.training_inputs(images).std()))
         return float(self.latent_scale)
 
     @torch.no_grad()
     def to_latent(self, x: Tensor) -> Tensor:
         return self.autoencoder.encode(x) * self.latent_scale
 
-    def loss(self, x: Tensor, cond: Tensor | None, generator: torch.Generator) -> Tensor:
-        return self.diffusion.loss(self.to_latent(x), cond, generator)
+    @torch.no_grad()
+    def training_inputs(self, images: Tensor, batch_size: int = 64) -> Tensor:
+        """What :meth:`loss` takes: the scaled latents of ``images``. The encoder is frozen and deterministic (the
+        posterior mean), so the training loop encodes its whole set once instead of every batch."""
+        return torch.cat([self.to_latent(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+    def loss(self, z: Tensor, cond: Tensor | None, generator: torch.Generator) -> Tensor:
+        """The latent UNet's noise-prediction loss on latents ``z = training_inputs(images)``."""
+        return self.diffusion.loss(z, cond, generator)
 
     @torch.no_grad()
     def error_at(self, x: Tensor, cond: Tensor | None, snr: float, generator: torch.Generator, draws: int = 1) -> Tensor:
