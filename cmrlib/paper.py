@@ -347,7 +347,7 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
               f"segmenter's feature space. Utility: a DynUNet trained {n['utility_steps']} steps on real, synthetic, or real + "
               f"synthetic data, tested per patient on the in-domain and cross-domain sets. Privacy: nearest-neighbour copy "
               f"flags, distance to closest record against held-out patients, and membership inference from each model's own "
-              f"error at {n['n_snr']} matched signal-to-noise ratios ({n['mia_draws']} noise draws each), members = training "
+              f"error at {n['n_snr']} matched signal-to-noise ratios ({n['mia_draws']} noise draw{'s' if n['mia_draws'] != 1 else ''} each), members = training "
               f"slices, non-members = held-out slices. Intervals: {n['confidence']}% percentile bootstrap over patients."),
         ("h2", "Results"),
         ("fig", "paper_samples", "The paired set: real test masks, the image each arm generated from them, and the real image."),
