@@ -69,7 +69,7 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def set_latent_scale(self, images: Tensor) -> float:
         """Scale latents to unit standard deviation over ``images`` (the training set)."""
-        self.latent_scale.fill_(1.0)
+        self.latent_scale.fill_(1.0)  # training_inputs applies the current scale: measure the raw latents
         self.latent_scale.fill_(1.0 / float(self.training_inputs(images).std()))
         return float(self.latent_scale)
 
