@@ -139,9 +139,7 @@ def training_table(params: StudyParams, repeats: int, peak: float, size_name: st
             model.set_latent_scale(x)
         with tempfile.TemporaryDirectory() as tmp:
             ours = _our_step_seconds(model, x, cond, batch_size, repeats, Path(tmp))
-        bx, bc = x[:batch_size], None if cond is None else cond[:batch_size]
-        if name == "ldm":  # its loss takes the latents the training loop encodes once
-            bx = model.training_inputs(bx)
+        bx, bc = training.training_inputs(model, x[:batch_size]), None if cond is None else cond[:batch_size]
         flops = _flops_per_step(model, bx, bc)
         row = {"size": size_name, "model": name, "params_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
                "batch": batch_size, "s_per_step": ours, "images_per_s": batch_size / ours, "gflop_per_step": flops / 1e9,

@@ -257,6 +257,13 @@ class _LossModule(nn.Module):
         return self.model.loss(x, cond, generator)
 
 
+def training_inputs(model: nn.Module, x: Tensor) -> Tensor:
+    """What ``model.loss`` takes for the set ``x``: ``model.training_inputs(x)`` where the model defines it (a frozen,
+    deterministic map applied once, as the LDM's encoder), else ``x``."""
+    encode = getattr(model, "training_inputs", None)
+    return encode(x) if callable(encode) else x
+
+
 def _seed_for(seed: int, rank: int, stream: int) -> int:
     """A 63-bit seed for (run seed, process index, stream) so that processes and streams never share draws."""
     digest = hashlib.sha256(f"cmrlib.training:{seed}:{rank}:{stream}".encode()).digest()
@@ -425,8 +432,7 @@ def train(
         _truncate_log(log_path, step)
     resumed_from = step
     x, cond = x.to(device), None if cond is None else cond.to(device)
-    if callable(getattr(net, "training_inputs", None)):
-        x = net.training_inputs(x)
+    x = training_inputs(net, x)
     n = len(x)
 
     def gather_states(gen: torch.Generator) -> list[Tensor]:

@@ -139,8 +139,7 @@ def test_interface_shapes_reproducibility_and_rebuild(make):
     m = make().eval()
     masks = onehot_masks(3)
     x = torch.rand(3, 1, SIZE, SIZE) * 2 - 1
-    inputs = m.training_inputs(x) if isinstance(m, models.LatentDiffusion) else x  # the LDM's loss takes latents
-    loss = m.loss(inputs, masks, torch.Generator().manual_seed(0))
+    loss = m.loss(training.training_inputs(m, x), masks, torch.Generator().manual_seed(0))  # the LDM's loss takes latents
     assert loss.ndim == 0 and torch.isfinite(loss)
     sampler = "euler" if isinstance(m, models.FlowMatchingModel) else "ddim"
     a = m.sample(masks, sampler=sampler, steps=3, generator=torch.Generator().manual_seed(5))
