@@ -10,6 +10,8 @@ Sections (medians over ``--repeats``; peak memory of the process as it grows):
   clipping, logging), images per second, FLOPs per step (``torch.utils.flop_counter``) and the achieved share of the
   peak (the paper's sizes at batch 2, one timed step); for the image arms, **in the same run**, the same network trained by the plain float32 loop of the reference
   study's code (diffusers scheduler ``add_noise``, MSE, AdamW, nothing else) and the ratio of the two;
+- ``processes``: one training on every thread against two at once on half the threads each (``utility.workers``),
+  for the segmentation network and a 64-px UNet: the throughput ratio;
 - ``sampling``: seconds per image of each sampler at several step counts, beside the quality reached at that step
   count when the run given by ``--run`` has a fidelity notebook's steps table;
 - ``metrics``: cost as the number of images grows (feature extraction, exact nearest neighbours at 1k, 5k and 10k,
@@ -40,6 +42,7 @@ from . import generation, training
 from .data.records import write_json
 from .labels import NUM_CLASSES
 from .models import one_hot
+from .parallel import map_jobs
 from .params import ARMS, StudyParams
 from .params import load as load_params
 from .paths import project_root, runs_root
@@ -153,6 +156,41 @@ def training_table(params: StudyParams, repeats: int, peak: float, size_name: st
     return pd.DataFrame(rows)
 
 
+# -- processes ---------------------------------------------------------------------------------------------------------
+def _plain_step_seconds(params: StudyParams, steps: int, name: str) -> float:
+    """Median seconds of a plain training step (loss, backward, AdamW) of one network at its batch size, in this
+    process with its threads (a module-level function: :func:`cmrlib.parallel.map_jobs` runs it in workers)."""
+    from .utility import build_segmenter
+
+    torch.manual_seed(0)
+    model = build_segmenter(params) if name == "segmentation" else generation.build_arm(params, name)
+    budget = params.utility.segmenter if name == "segmentation" else params.generators.arm(name).train
+    g = torch.Generator().manual_seed(0)
+    x, masks = _batch(params, budget.batch_size, g)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        loss = model.loss(x, masks, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return _median_time(step, steps)
+
+
+def processes_table(params: StudyParams, steps: int, workers: int = 2) -> pd.DataFrame:
+    """Training throughput of one process on every thread against ``workers`` processes at once, each on
+    threads / workers (what ``utility.workers`` does): the segmentation network and the DDPM arm's UNet."""
+    rows = []
+    for name in ("segmentation", "ddpm"):
+        one = _plain_step_seconds(params, steps, name)
+        together = map_jobs(_plain_step_seconds, [name] * workers, workers, (params, steps), f"bench {name}")
+        rows.append({"model": name, "threads": torch.get_num_threads(), "s_per_step": one, "processes": workers,
+                     "s_per_step_each": statistics.median(together), "throughput_ratio": one * sum(1 / t for t in together)})
+        print(f"  {name}: one process {one:.3f} s/step, {workers} at once {statistics.median(together):.3f} s/step each", flush=True)
+    return pd.DataFrame(rows)
+
+
 # -- sampling ----------------------------------------------------------------------------------------------------------
 SAMPLERS = {"ddpm": ("ancestral", "ddim", "dpmsolver++"), "ldm": ("ancestral", "ddim", "dpmsolver++"), "fm": ("euler", "midpoint", "heun")}
 
@@ -174,8 +212,8 @@ def sampling_table(params: StudyParams, steps: list[int], n_images: int, run: Pa
                 seconds = _median_time(lambda: model.sample(masks, sampler=sampler, steps=n_steps, generator=gen), 1, warmup=0)
                 row = {"arm": arm, "sampler": sampler, "steps": n_steps, "s_per_image": seconds / n_images}
                 q = quality[(quality.get("arm") == arm) & (quality.get("sampler") == sampler) & (quality.get("steps") == n_steps)] if len(quality) else quality
-                if len(q):
-                    row.update({"fid_seg": float(q.fid_seg.iloc[0]), "dice_mean": float(q.dice_mean.iloc[0])})
+                if len(q):  # with fidelity.reference_sampling also the change against the arm's 1000-step reference
+                    row.update({c: float(q[c].iloc[0]) for c in ("fid_seg", "dice_mean", "dice_vs_reference") if c in q})
                 rows.append(row)
         print(f"  sampling {arm} done", flush=True)
     return pd.DataFrame(rows)
@@ -240,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         # whole benchmark stays within 10 minutes on 2 cores
         tables["training"].append(training_table(paper, 1, peak, "paper", batch_cap=2))
     tables["training"] = pd.concat(tables["training"], ignore_index=True)
-    tables["sampling"] = sampling_table(params, [5, 10] if args.quick else [10, 20, 50], 4 if args.quick else 16, run)
+    tables["processes"] = processes_table(params, 2 if args.quick else args.repeats)
+    # 8 images per setting: 27 settings of 16 took 200 s of the 10 minutes
+    tables["sampling"] = sampling_table(params, [5, 10] if args.quick else [10, 20, 50], 4 if args.quick else 8, run)
     tables["metrics"] = metrics_table(params, [200, 500] if args.quick else [1000, 5000, 10000], args.repeats)
     tables["stages"] = stages_table(run)
     record = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),

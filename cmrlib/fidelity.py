@@ -262,32 +262,64 @@ def _quality(ref: Reference, segmenter: SegmentationModel, images: np.ndarray, m
     return {"fid_seg": metrics.fid(ref.seg_features, ref.seg_space(images)), **dict(zip(DICE + ["dice_mean"], means.tolist()))}
 
 
+REFERENCE_FLOW_STEPS = 1000  # the flow arm's reference: its ODE solved with this many Euler steps
+
+
+def reference_sampling(params: StudyParams, arm: str):
+    """The arm's 1000-step reference, against which a short sampler is judged: ancestral sampling of the whole trained
+    chain (``schedule.num_train_timesteps``) for the diffusion arms, the ODE solved with 1000 Euler steps for FM."""
+    p = params.generators.arm(arm)
+    if arm == "fm":
+        return p.sample.model_copy(update={"sampler": "euler", "steps": REFERENCE_FLOW_STEPS})
+    return p.sample.model_copy(update={"sampler": "ancestral", "steps": p.schedule.num_train_timesteps})
+
+
 def sampling_grid(params: StudyParams, arm: str) -> list:
-    """The sampling settings of the steps curve: the arm's sampler at each of ``fidelity.steps_grid``, plus 1000-step
-    ancestral sampling for the DDPM arm when ``fidelity.include_full_ddpm``."""
+    """The sampling settings of the steps curve: the arm's sampler at each of ``fidelity.steps_grid``, then its
+    1000-step reference (:func:`reference_sampling`) when ``fidelity.reference_sampling``."""
     sample = params.generators.arm(arm).sample
     grid = [sample.model_copy(update={"steps": s}) for s in params.fidelity.steps_grid]
-    if arm == "ddpm" and params.fidelity.include_full_ddpm:
-        grid.append(sample.model_copy(update={"sampler": "ancestral", "steps": params.generators.ddpm.schedule.num_train_timesteps}))
+    if params.fidelity.reference_sampling:
+        grid.append(reference_sampling(params, arm))
     return grid
 
 
 def steps_against_quality(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: SegmentationModel, arms=ARMS) -> pd.DataFrame:
-    """For each arm (final weights) and sampling setting: FID (seg space, against all real test images) and mask
-    faithfulness of ``fidelity.steps_n_images`` test masks regenerated with that setting, and seconds per image."""
+    """For each arm (final weights) and sampling setting: FID (seg space, against all real test images), mask
+    faithfulness of ``fidelity.steps_n_images`` test masks regenerated with that setting (mean Dice with its bootstrap
+    interval over their patients), and seconds per image. Every setting of an arm starts from the same noise.
+
+    With ``fidelity.reference_sampling`` the last setting of each arm is its 1000-step reference (``reference``
+    true), and each setting gets ``dice_vs_reference``: its mean Dice minus the reference's on the same masks, with a
+    paired bootstrap interval over patients; ``reaches_reference`` when that interval reaches 0 or above (the setting
+    is not measurably worse than the reference)."""
     idx = _subset(params, len(ref.masks))
-    masks = ref.masks[idx]
+    masks, patients = ref.masks[idx], ref.patients[idx]
+    f = params.fidelity
     rows = []
     for arm in arms:
         model, ckpt = generation.load_arm(params, paths, arm)
-        for sampling in sampling_grid(params, arm):
+        grid = sampling_grid(params, arm)
+        dice = []
+        for sampling in grid:
             seed = generation.seed_for(params.seed, "fidelity", "steps", arm)
             start = time.perf_counter()
             images = generation.generate(model, masks, sampling, seed, desc=f"{arm} {sampling.sampler} {sampling.steps} steps")
             seconds = time.perf_counter() - start
+            dice.append(_with_mean(mask_faithfulness(segmenter, images, masks))[:, -1])
+            interval = _boot_rows(arm, ["dice_mean"], dice[-1], patients, params,
+                                  f"steps/{arm}/{sampling.sampler}/{sampling.steps}", "test patients")[0]
             rows.append({"arm": arm, "sampler": sampling.sampler, "steps": sampling.steps, "weights": ckpt["weights"],
                          "checkpoint_step": ckpt["step"], "n": len(images), "seconds_per_image": seconds / len(images),
-                         **_quality(ref, segmenter, images, masks)})
+                         **_quality(ref, segmenter, images, masks), "dice_mean_low": interval["low"],
+                         "dice_mean_high": interval["high"]})
+        if f.reference_sampling:
+            for row, d in zip(rows[-len(grid):], dice):
+                diff = _boot_rows(arm, ["dice_vs_reference"], d - dice[-1], patients, params,
+                                  f"steps/{arm}/vs_reference/{row['sampler']}/{row['steps']}", "test patients")[0]
+                row.update(reference=row is rows[-1], dice_vs_reference=diff["estimate"],
+                           dice_vs_reference_low=diff["low"], dice_vs_reference_high=diff["high"],
+                           reaches_reference=bool(diff["high"] >= 0))
     return pd.DataFrame(rows)
 
 
@@ -347,4 +379,4 @@ def save(params: StudyParams, paths: RunPaths, ref: Reference, table: pd.DataFra
 
 __all__ = ["STAGE", "METRICS", "STRUCTURES", "Reference", "build_segmenter", "reference_segmenter", "segment",
            "mask_faithfulness", "feature_space", "reference", "distribution_rows", "evaluate_arm", "evaluate_references",
-           "evaluate", "summary", "dice_table", "sampling_grid", "steps_against_quality", "quality_against_training_step", "save"]
+           "evaluate", "summary", "dice_table", "reference_sampling", "sampling_grid", "steps_against_quality", "quality_against_training_step", "save"]

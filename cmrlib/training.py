@@ -338,6 +338,7 @@ def train(
     out_dir: str | Path,
     *,
     desc: str = "train",
+    progress: bool = True,
 ) -> TrainResult:
     """Train ``model`` on the in-memory batch ``x`` (and per-sample conditioning ``cond``) for ``config.steps``.
 
@@ -347,7 +348,7 @@ def train(
     ``batch_size`` distinct indices with a CPU generator of the loop and passes a second one, on the accelerator's
     device, to ``model.loss`` (draw with ``device=x.device``); the device type is part of the run, as the same seed
     gives other noise on a GPU than on the CPU. On return, ``model`` holds the raw (not EMA) weights, on the
-    accelerator's device; :func:`load_checkpoint` gives either.
+    accelerator's device; :func:`load_checkpoint` gives either. ``progress``: show the per-step bar (``desc``).
     """
     from accelerate import Accelerator
     from diffusers.optimization import get_cosine_schedule_with_warmup
@@ -489,7 +490,7 @@ def train(
         writer = csv.writer(log_file)
         if new_log:
             writer.writerow(LOSS_COLUMNS)
-    bar = tqdm(total=config.steps, initial=step, desc=desc, disable=not accelerator.is_local_main_process,
+    bar = tqdm(total=config.steps, initial=step, desc=desc, disable=not (progress and accelerator.is_local_main_process),
                dynamic_ncols=True)
     try:
         wrapper.train()

@@ -49,13 +49,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from . import generation, metrics, report, training
 from .data.records import SliceSet, write_json
 from .fidelity import segment
 from .labels import FOREGROUND
 from .models import SegmentationModel, one_hot
+from .parallel import map_jobs
 from .params import ARMS, StudyParams
 from .paths import RunPaths
 from .stats import bootstrap_mean, holm, mean_and_spread, paired_wilcoxon
@@ -174,10 +174,10 @@ def train_config(params: StudyParams, run: Run) -> training.TrainConfig:
                                 keep_fractions=(1.0,), seed=generation.seed_for(params.seed, "train", CHECKPOINT_DIR, run.name))
 
 
-def train_run(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, run: Run
+def train_run(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, run: Run, progress: bool = True
               ) -> tuple[SegmentationModel, training.TrainResult, TrainingSet]:
     """Train (or resume, or load when done) one run in ``checkpoints/utility/<run.name>/``; returns the model with
-    its EMA weights in eval mode, the training result and the training set."""
+    its EMA weights in eval mode, the training result and the training set. ``progress``: the per-step bar."""
     data = training_set(params, paths, slices, splits, run)
     cfg = train_config(params, run)
     with torch.random.fork_rng(devices=[]):  # initial weights from the run's seed, not from what ran before
@@ -188,7 +188,7 @@ def train_run(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: di
                          f"of {run.name}; lower it or raise utility.n_real_patients")
     x = torch.from_numpy(data.images)[:, None]
     result = training.train(model, x, one_hot(torch.from_numpy(data.masks)), cfg, paths.checkpoints / CHECKPOINT_DIR / run.name,
-                            desc=run.name)
+                            desc=run.name, progress=progress)
     training.load_checkpoint(result.last, model, weights="ema")
     return model.to(generation.device()).eval(), result, data
 
@@ -276,55 +276,64 @@ def _fingerprint(images: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(images).tobytes(), digest_size=8).hexdigest()
 
 
+def _train_and_score(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, sets: dict[str, np.ndarray],
+                     progress: bool, run: Run) -> dict:
+    """One run of :func:`run_all` or :func:`against_training_step`, in a worker process when ``utility.workers`` > 1:
+    train (or load) it and score it on every evaluation set of ``sets`` (name -> rows of ``slices``)."""
+    model, result, data = train_run(params, paths, slices, splits, run, progress)
+    out = {"model": {**_run_columns(run), "real_patients": " ".join(data.patients), "n_real_images": data.n_real,
+                     "n_synthetic_images": data.n_synthetic, "steps": result.step,
+                     "train_wall_time_s": round(result.wall_time_s, 1), "data_fingerprint": _fingerprint(data.images),
+                     "checkpoint": str(result.last.relative_to(paths.root))},
+           "losses": result.losses, "slices": [], "volumes": []}
+    for name, rows in sets.items():
+        pred = segment(model, slices.images[rows])
+        s, v = score_volumes(pred, slices.masks[rows], slices.meta.iloc[rows], pixel_spacing_mm(params))
+        cols = {**_run_columns(run), "eval_set": name}
+        out["slices"].append(s.assign(row=rows, **cols))
+        out["volumes"].append(v.assign(**cols))
+        if name == "test":
+            out["test_prediction"] = pred.astype(np.uint8)
+    return out
+
+
 def run_all(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, arms=ARMS) -> Results:
-    """Train (or load) every run of :func:`plan` and score it on every evaluation set."""
-    spacing = pixel_spacing_mm(params)
+    """Train (or load) every run of :func:`plan` and score it on every evaluation set, ``utility.workers`` runs at
+    once (:func:`cmrlib.parallel.map_jobs`)."""
     sets = {name: np.flatnonzero(slices.meta["split"].to_numpy() == name) for name in eval_sets(splits)}
     empty = [name for name, rows in sets.items() if len(rows) == 0]
     if empty:
         raise ValueError(f"evaluation sets {empty} of splits.json have no slices in data/: re-run the notebook 00_data")
-    models, per_slice, per_volume, preds, losses = [], [], [], {}, {}
-    for run in tqdm(plan(params, splits, arms), desc="utility runs", unit="run"):
-        model, result, data = train_run(params, paths, slices, splits, run)
-        losses[run.name] = result.losses
-        models.append({**_run_columns(run), "real_patients": " ".join(data.patients), "n_real_images": data.n_real,
-                       "n_synthetic_images": data.n_synthetic, "steps": result.step, "train_wall_time_s": round(result.wall_time_s, 1),
-                       "data_fingerprint": _fingerprint(data.images), "checkpoint": str(result.last.relative_to(paths.root))})
-        for name, rows in sets.items():
-            pred = segment(model, slices.images[rows])
-            s, v = score_volumes(pred, slices.masks[rows], slices.meta.iloc[rows], spacing)
-            cols = {**_run_columns(run), "eval_set": name}
-            per_slice.append(s.assign(row=rows, **cols))
-            per_volume.append(v.assign(**cols))
-            if name == "test":
-                preds[run.name] = pred.astype(np.uint8)
-        del model
-    volumes = pd.concat(per_volume, ignore_index=True)
+    runs = plan(params, splits, arms)
+    workers = params.utility.workers
+    done = map_jobs(_train_and_score, runs, workers, (params, paths, slices, splits, sets, workers == 1), "utility runs")
+    volumes = pd.concat([v for d in done for v in d["volumes"]], ignore_index=True)
     patients = per_patient(volumes, by=["regime", "arm", "n_real_patients", "seed", "run", "eval_set"])
-    return Results(pd.DataFrame(models), pd.concat(per_slice, ignore_index=True), volumes, patients, preds, sets["test"], losses)
+    return Results(pd.DataFrame([d["model"] for d in done]), pd.concat([s for d in done for s in d["slices"]], ignore_index=True),
+                   volumes, patients, {run.name: d["test_prediction"] for run, d in zip(runs, done)}, sets["test"],
+                   {run.name: d["losses"] for run, d in zip(runs, done)})
 
 
 def against_training_step(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, arms=ARMS) -> pd.DataFrame:
     """The compute axis: real + synthetic at the fewest real patients (first seed), the synthetic part being the
     ``generators.n_synthetic_per_checkpoint`` images of each kept generator checkpoint
     (:func:`cmrlib.generation.synthetic_by_step`, the same stage-1 masks at every step); in-domain test mean foreground
-    Dice per patient with its bootstrap interval. One row per (arm, step)."""
+    Dice per patient with its bootstrap interval. One row per (arm, step); ``utility.workers`` runs at once."""
     u = params.utility
     n, seed = n_real_grid(params, splits)[0], u.seeds[0]
-    rows_test = np.flatnonzero(slices.meta["split"].to_numpy() == "test")
+    runs = [Run("real+synthetic", arm, n, seed, step) for arm in arms
+            for step in training.kept_checkpoints(paths.checkpoints / arm)]
+    test = {"test": np.flatnonzero(slices.meta["split"].to_numpy() == "test")}
+    done = map_jobs(_train_and_score, runs, u.workers, (params, paths, slices, splits, test, u.workers == 1),
+                    "utility against training step")
     out = []
-    jobs = [(arm, step) for arm in arms for step in training.kept_checkpoints(paths.checkpoints / arm)]
-    for arm, step in tqdm(jobs, desc="utility against training step", unit="run"):
-        run = Run("real+synthetic", arm, n, seed, step)
-        model, result, data = train_run(params, paths, slices, splits, run)
-        _, volumes = score_volumes(segment(model, slices.images[rows_test]), slices.masks[rows_test],
-                                   slices.meta.iloc[rows_test], pixel_spacing_mm(params))
-        pp = per_patient(volumes)
+    for run, d in zip(runs, done):
+        pp = per_patient(d["volumes"][0])
         iv = bootstrap_mean(pp["dice_mean"].to_numpy(), None, n_boot=u.bootstrap, level=u.confidence,
                             seed=generation.seed_for(params.seed, "bootstrap", "utility", run.name))[0]
-        out.append({"arm": arm, "step": int(step), "n_real_patients": n, "n_synthetic_images": data.n_synthetic, "seed": seed,
-                    "dice_mean": iv.estimate, "dice_mean_low": iv.low, "dice_mean_high": iv.high, "n_patients": len(pp),
-                    "train_wall_time_s": round(result.wall_time_s, 1)})
+        out.append({"arm": run.arm, "step": int(run.step), "n_real_patients": n, "n_synthetic_images": d["model"]["n_synthetic_images"],
+                    "seed": seed, "dice_mean": iv.estimate, "dice_mean_low": iv.low, "dice_mean_high": iv.high,
+                    "n_patients": len(pp), "train_wall_time_s": d["model"]["train_wall_time_s"]})
     return pd.DataFrame(out)
 
 

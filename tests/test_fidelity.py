@@ -214,5 +214,36 @@ def test_sampling_grid_follows_the_params():
     p = params_mod.load(params_mod.project_root() / "params/smoke.yaml")
     grid = fidelity.sampling_grid(p, "fm")
     assert [g.steps for g in grid] == p.fidelity.steps_grid and {g.sampler for g in grid} == {p.generators.fm.sample.sampler}
-    full = p.model_copy(update={"fidelity": p.fidelity.model_copy(update={"include_full_ddpm": True})})
-    assert fidelity.sampling_grid(full, "ddpm")[-1].steps == 1000 and fidelity.sampling_grid(full, "ddpm")[-1].sampler == "ancestral"
+    full = p.model_copy(update={"fidelity": p.fidelity.model_copy(update={"reference_sampling": True})})
+    for arm, sampler in [("ddpm", "ancestral"), ("ldm", "ancestral"), ("fm", "euler")]:
+        grid = fidelity.sampling_grid(full, arm)
+        assert len(grid) == len(p.fidelity.steps_grid) + 1 and (grid[-1].sampler, grid[-1].steps) == (sampler, 1000)
+
+
+def test_steps_curve_with_each_arms_1000_step_reference(smoke_run):
+    """On the smoke study's trained arms: every grid setting and then the reference, each with its interval over
+    patients and its paired difference to the reference; ``reaches_reference`` exactly when that difference's interval
+    reaches 0."""
+    from cmrlib import data
+
+    _, run_dir, _ = smoke_run
+    p = params_mod.load(run_dir / "params.yaml")
+    p = p.model_copy(update={"fidelity": p.fidelity.model_copy(update={"reference_sampling": True, "steps_grid": [1, 4]})})
+    paths = RunPaths(run_dir)
+    slices, _ = data.load(paths)
+    segmenter, _ = fidelity.reference_segmenter(p, paths, slices)
+    ref = fidelity.reference(p, slices, segmenter)
+    steps = fidelity.steps_against_quality(p, paths, ref, segmenter, arms=("ldm", "fm"))
+    assert steps[["arm", "sampler", "steps"]].values.tolist() == [
+        ["ldm", "ddim", 1], ["ldm", "ddim", 4], ["ldm", "ancestral", 1000],
+        ["fm", p.generators.fm.sample.sampler, 1], ["fm", p.generators.fm.sample.sampler, 4], ["fm", "euler", 1000]]
+    assert steps["reference"].tolist() == [False, False, True] * 2
+    for lo, est, hi in [("dice_mean_low", "dice_mean", "dice_mean_high"),
+                        ("dice_vs_reference_low", "dice_vs_reference", "dice_vs_reference_high")]:
+        assert ((steps[lo] <= steps[est] + 1e-9) & (steps[est] <= steps[hi] + 1e-9)).all()
+    # the paired difference: each setting's mean Dice minus its arm's reference's (the same masks, so the same means)
+    reference = steps[steps["reference"]].set_index("arm")["dice_mean"]
+    np.testing.assert_allclose(steps["dice_vs_reference"], steps["dice_mean"] - steps["arm"].map(reference), atol=1e-12)
+    assert (steps.loc[steps["reference"], ["dice_vs_reference", "dice_vs_reference_low", "dice_vs_reference_high"]] == 0).all().all()
+    assert steps["reaches_reference"].tolist() == (steps["dice_vs_reference_high"] >= 0).tolist()
+    assert sorted(steps.groupby("arm")["seconds_per_image"].idxmax()) == list(steps.index[steps["reference"]])

@@ -177,6 +177,25 @@ def test_a_trained_segmenter_beats_a_constant_prediction_and_the_same_seed_repea
     assert resumed.resumed_from == p.utility.segmenter.steps
 
 
+def test_runs_on_two_processes_give_the_numbers_of_one_process(tiny_run, tmp_path):
+    """utility.workers = 2 (two single-threaded trainings at once) against the same runs one after the other, also on
+    one thread: the same losses and per-patient scores."""
+    p, _, slices, splits = tiny_run
+    two = p.model_copy(update={"utility": p.utility.model_copy(update={"workers": 2})})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = utility.run_all(p, RunPaths(tmp_path / "one"), slices, splits, arms=())
+    finally:
+        torch.set_num_threads(threads)
+    both = utility.run_all(two, RunPaths(tmp_path / "two"), slices, splits, arms=())
+    assert list(both.losses) == ["real_none_n2_seed0", "real_none_n4_seed0"] == list(one.losses)
+    for name in one.losses:
+        pd.testing.assert_series_equal(one.losses[name]["loss"], both.losses[name]["loss"])
+        np.testing.assert_array_equal(one.test_predictions[name], both.test_predictions[name])
+    pd.testing.assert_frame_equal(one.patients, both.patients)
+
+
 def test_run_all_summary_and_json(tiny_run):
     p, paths, slices, splits = tiny_run
     results = utility.run_all(p, paths, slices, splits, arms=("ddpm",))
