@@ -2,7 +2,7 @@
 
 A small network does not keep two CPU threads busy: on 2 cores a DynUNet step of 8 images takes 0.175 s on 2 threads
 and 0.25 s on 1, so two single-threaded trainings side by side train 1.4x as many images per second (measured
-2026-11-30; the 64-px generator UNets gain nothing, 1.04x). :func:`map_jobs` runs ``fn(*context, job)`` for every job
+2026-11-30; the 64-px generator UNets gain little and unsteadily, 1.04 to 1.27x). :func:`map_jobs` runs ``fn(*context, job)`` for every job
 on ``workers`` spawned processes, each with ``torch.get_num_threads() // workers`` threads (at least one).
 
 The thread count changes how float sums are split, so a run's numbers depend on ``workers`` (and, as always, on the
@@ -39,9 +39,9 @@ def map_jobs(fn: Callable, jobs: Sequence, workers: int, context: tuple = (), de
         return [fn(*context, job) for job in tqdm(jobs, desc=desc, unit="job")]
     threads = max(1, torch.get_num_threads() // workers)
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_start, initargs=(fn, context, threads)) as pool:
+                             initializer=_start, initargs=(fn, context, threads)) as pool, \
+            tqdm(total=len(jobs), desc=f"{desc} ({workers} processes x {threads} threads)", unit="job") as bar:
         futures = {pool.submit(_call, job): i for i, job in enumerate(jobs)}
-        bar = tqdm(total=len(jobs), desc=f"{desc} ({workers} processes x {threads} threads)", unit="job")
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_EXCEPTION)
@@ -51,5 +51,4 @@ def map_jobs(fn: Callable, jobs: Sequence, workers: int, context: tuple = (), de
                     pool.shutdown(cancel_futures=True)
                     raise RuntimeError(f"{desc}: job {jobs[futures[future]]!r} failed: {future.exception()}") \
                         from future.exception()
-        bar.close()
         return [future.result() for future in sorted(futures, key=futures.get)]
