@@ -254,8 +254,8 @@ def _subset(params: StudyParams, n: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(params.fidelity.steps_n_images, n), replace=False))
 
 
-def _quality(ref: Reference, segmenter: SegmentationModel, images: np.ndarray, masks: np.ndarray) -> dict:
-    dice = _with_mean(mask_faithfulness(segmenter, images, masks))
+def _quality(ref: Reference, images: np.ndarray, dice: np.ndarray) -> dict:
+    """FID (seg space) of ``images`` and the means of ``dice`` (per image: each structure, then their mean)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         means = np.nanmean(dice, 0)
@@ -306,12 +306,13 @@ def steps_against_quality(params: StudyParams, paths: RunPaths, ref: Reference, 
             start = time.perf_counter()
             images = generation.generate(model, masks, sampling, seed, desc=f"{arm} {sampling.sampler} {sampling.steps} steps")
             seconds = time.perf_counter() - start
-            dice.append(_with_mean(mask_faithfulness(segmenter, images, masks))[:, -1])
+            per_image = _with_mean(mask_faithfulness(segmenter, images, masks))
+            dice.append(per_image[:, -1])
             interval = _boot_rows(arm, ["dice_mean"], dice[-1], patients, params,
                                   f"steps/{arm}/{sampling.sampler}/{sampling.steps}", "test patients")[0]
             rows.append({"arm": arm, "sampler": sampling.sampler, "steps": sampling.steps, "weights": ckpt["weights"],
                          "checkpoint_step": ckpt["step"], "n": len(images), "seconds_per_image": seconds / len(images),
-                         **_quality(ref, segmenter, images, masks), "dice_mean_low": interval["low"],
+                         **_quality(ref, images, per_image), "dice_mean_low": interval["low"],
                          "dice_mean_high": interval["high"]})
         if f.reference_sampling:
             for row, d in zip(rows[-len(grid):], dice):
@@ -334,11 +335,11 @@ def quality_against_training_step(params: StudyParams, paths: RunPaths, ref: Ref
             with np.load(path) as npz:
                 images, sample_rows = npz["images"], npz["rows"]
             order = _align(sample_rows, ref.rows)
-            dice = _with_mean(mask_faithfulness(segmenter, images, ref.masks[order]))[:, -1]
-            interval = _boot_rows(arm, ["dice_mean"], dice, ref.patients[order], params, f"checkpoint/{arm}/{path.stem}", "test patients")[0]
+            per_image = _with_mean(mask_faithfulness(segmenter, images, ref.masks[order]))
+            interval = _boot_rows(arm, ["dice_mean"], per_image[:, -1], ref.patients[order], params, f"checkpoint/{arm}/{path.stem}", "test patients")[0]
             rows.append({"arm": arm, "step": int(path.stem.removeprefix("paired_step")), "n": len(images),
                          "train_elapsed_s": float(table.loc[path.name, "train_elapsed_s"]),
-                         **_quality(ref, segmenter, images, ref.masks[order]),
+                         **_quality(ref, images, per_image),
                          "dice_mean_low": interval["low"], "dice_mean_high": interval["high"]})
     return pd.DataFrame(rows)
 
