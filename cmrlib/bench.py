@@ -1,17 +1,22 @@
 """``python -m cmrlib.bench``: what the study costs on this machine, printed as tables and written as JSON.
 
     python -m cmrlib.bench [--params params/default.yaml] [--paper-params params/paper.yaml] [--run runs/default]
-                           [--repeats 5] [--out runs/bench.json] [--quick]
+                           [--repeats 5] [--out runs/bench.json] [--mixed-precision no|bf16]
+                           [--sections training,sampling,...] [--quick]
 
+Everything runs where the study trains: the GPU if there is one, else the CPU (:func:`cmrlib.generation.device`).
 Sections (medians over ``--repeats``; peak memory of the process as it grows):
 
-- ``peak``: this machine's float32 matrix-product rate (a 2048 x 2048 product), the ceiling for the rates below;
+- ``peak``: this machine's float32 matrix-product rate (a 2048 x 2048 product), the ceiling for the rates below; on
+  a GPU the float32, TF32 and bfloat16 rates of 8192 x 8192 products, and the ceiling is the bfloat16 one (the card's
+  dense rate: float32 training reaches at most the TF32 share of it);
 - ``training``: optimisation steps of each model through the study's own loop (:func:`cmrlib.training.train`: EMA,
   clipping, logging), images per second, FLOPs per step (``torch.utils.flop_counter``) and the achieved share of the
-  peak (the paper's sizes at batch 2, one timed step); for the image arms, **in the same run**, the same network trained by the plain float32 loop of the reference
+  peak (on the CPU the paper's sizes at batch 2, one timed step; on a GPU at their own batch sizes, in the mixed
+  precision of ``--mixed-precision``); for the image arms, **in the same run**, the same network trained by the plain float32 loop of the reference
   study's code (diffusers scheduler ``add_noise``, MSE, AdamW, nothing else) and the ratio of the two;
-- ``processes``: one training on every thread against two at once on half the threads each (``utility.workers``),
-  for the segmentation network and a 64-px UNet: the throughput ratio;
+- ``processes`` (CPU only): one training on every thread against two at once on half the threads each
+  (``utility.workers``), for the segmentation network and a 64-px UNet: the throughput ratio;
 - ``sampling``: seconds per image of each sampler at several step counts, beside the quality reached at that step
   count when the run given by ``--run`` has a fidelity notebook's steps table;
 - ``metrics``: cost as the number of images grows (feature extraction, exact nearest neighbours at 1k, 5k and 10k,
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -48,13 +54,24 @@ from .params import load as load_params
 from .paths import project_root, runs_root
 
 
+DEVICE = generation.device()
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def _median_time(fn, repeats: int, warmup: int = 1) -> float:
+    """Median wall seconds of ``fn()``; on a GPU each call is timed to the end of its kernels."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -63,9 +80,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def peak_gflops(repeats: int, n: int = 2048) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / _median_time(lambda: a @ b, repeats) / 1e9
+def peak_gflops(repeats: int, n: int = 2048, dtype: torch.dtype = torch.float32, tf32: bool = False) -> float:
+    """GFLOP/s of an n x n matrix product on :data:`DEVICE` (``tf32``: let float32 products use TF32 tensor cores)."""
+    a, b = (torch.randn(n, n, device=DEVICE, dtype=dtype) for _ in range(2))
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        return 2 * n**3 / _median_time(lambda: a @ b, repeats) / 1e9
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 # -- training ----------------------------------------------------------------------------------------------------------
@@ -74,7 +97,7 @@ def _batch(params: StudyParams, batch_size: int, generator: torch.Generator) -> 
     size = params.data.image_size
     x = torch.rand(batch_size, 1, size, size, generator=generator) * 2 - 1
     masks = torch.randint(0, NUM_CLASSES, (batch_size, size, size), generator=generator)
-    return x, one_hot(masks)
+    return x.to(DEVICE), one_hot(masks).to(DEVICE)
 
 
 def _models(params: StudyParams) -> dict[str, tuple[torch.nn.Module, object]]:
@@ -109,7 +132,7 @@ def _reference_step(unet: torch.nn.Module, x: torch.Tensor, cond: torch.Tensor |
 
     def step():
         noise = torch.randn_like(x)
-        t = torch.randint(0, 1000, (x.shape[0],))
+        t = torch.randint(0, 1000, (x.shape[0],), device=x.device)
         noisy = scheduler.add_noise(x, noise, t)
         inp = noisy if cond is None else torch.cat([noisy, F.interpolate(cond, size=x.shape[-2:], mode="area")], 1)
         loss = F.mse_loss(unet(inp, t).sample, noise)
@@ -121,7 +144,7 @@ def _reference_step(unet: torch.nn.Module, x: torch.Tensor, cond: torch.Tensor |
 
 
 def _flops_per_step(model, x, cond) -> float:
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=x.device).manual_seed(0)
     with FlopCounterMode(display=False) as counter:
         model.loss(x, cond, g).backward()
     model.zero_grad(set_to_none=True)
@@ -132,6 +155,7 @@ def training_table(params: StudyParams, repeats: int, peak: float, size_name: st
     rows = []
     g = torch.Generator().manual_seed(0)
     for name, (model, budget) in _models(params).items():
+        model.to(DEVICE)
         batch_size = min(budget.batch_size, batch_cap) if batch_cap else budget.batch_size
         x, masks = _batch(params, max(batch_size, 2 * batch_size), g)
         cond = None if name == "mask_prior" else masks
@@ -163,7 +187,7 @@ def _plain_step_seconds(params: StudyParams, steps: int, name: str) -> float:
     from .utility import build_segmenter
 
     torch.manual_seed(0)
-    model = build_segmenter(params) if name == "segmentation" else generation.build_arm(params, name)
+    model = (build_segmenter(params) if name == "segmentation" else generation.build_arm(params, name)).to(DEVICE)
     budget = params.utility.segmenter if name == "segmentation" else params.generators.arm(name).train
     g = torch.Generator().manual_seed(0)
     x, masks = _batch(params, budget.batch_size, g)
@@ -203,12 +227,12 @@ def sampling_table(params: StudyParams, steps: list[int], n_images: int, run: Pa
         quality = pd.read_csv(run / "tables" / "fidelity_steps.csv")
     rows = []
     for arm in ARMS:
-        model = generation.build_arm(params, arm).eval()
+        model = generation.build_arm(params, arm).to(DEVICE).eval()
         if arm == "ldm":
-            model.set_latent_scale(torch.rand(4, 1, params.data.image_size, params.data.image_size))
+            model.set_latent_scale(torch.rand(4, 1, params.data.image_size, params.data.image_size, device=DEVICE))
         for sampler in SAMPLERS[arm]:
             for n_steps in steps:
-                gen = torch.Generator().manual_seed(0)
+                gen = torch.Generator(device=DEVICE).manual_seed(0)
                 seconds = _median_time(lambda: model.sample(masks, sampler=sampler, steps=n_steps, generator=gen), 1, warmup=0)
                 row = {"arm": arm, "sampler": sampler, "steps": n_steps, "s_per_image": seconds / n_images}
                 q = quality[(quality.get("arm") == arm) & (quality.get("sampler") == sampler) & (quality.get("steps") == n_steps)] if len(quality) else quality
@@ -228,20 +252,20 @@ def metrics_table(params: StudyParams, sizes: list[int], repeats: int) -> pd.Dat
     size = params.data.image_size
     g = torch.Generator().manual_seed(0)
     rows = []
-    space = metrics.seg_features(build_segmenter(params).eval())
-    arm = generation.build_arm(params, "ddpm").eval()
+    space = metrics.seg_features(build_segmenter(params).to(DEVICE).eval())
+    arm = generation.build_arm(params, "ddpm").to(DEVICE).eval()
     for n in sizes:
         images = (torch.rand(n, size, size, generator=g) * 2 - 1).numpy()
         rows.append({"what": "seg features", "n": n, "seconds": _median_time(lambda: space(images), 1, warmup=0)})
         rows.append({"what": "nearest neighbours (L2, n x n)", "n": n,
                      "seconds": _median_time(lambda: privacy.nearest_l2(images, images, k=2), max(1, repeats // 2), warmup=0)})
         if n <= 1000:
-            x = torch.from_numpy(images)[:, None]
-            cond = one_hot(torch.randint(0, NUM_CLASSES, (n, size, size), generator=g))
+            x = torch.from_numpy(images)[:, None].to(DEVICE)
+            cond = one_hot(torch.randint(0, NUM_CLASSES, (n, size, size), generator=g)).to(DEVICE)
 
             def errors():
                 for i in range(0, n, 256):
-                    arm.error_at(x[i : i + 256], cond[i : i + 256], 1.0, torch.Generator().manual_seed(0))
+                    arm.error_at(x[i : i + 256], cond[i : i + 256], 1.0, torch.Generator(device=DEVICE).manual_seed(0))
 
             rows.append({"what": "membership errors (DDPM, 1 level, 1 draw)", "n": n, "seconds": _median_time(errors, 1, warmup=0)})
         print(f"  metrics at {n} images done", flush=True)
@@ -255,6 +279,26 @@ def stages_table(run: Path | None) -> pd.DataFrame:
     return pd.DataFrame([{"stage": k, "wall_s": v.get("wall_s"), "peak_rss_mb": v.get("peak_rss_mb")} for k, v in record["stages"].items()])
 
 
+SECTIONS = ("training", "processes", "sampling", "metrics", "stages")
+
+
+def peaks(repeats: int, quick: bool) -> dict[str, float]:
+    """The rates the training table is measured against: ``peak_gflops`` (the ceiling) and, on a GPU, each precision's."""
+    if DEVICE.type != "cuda":
+        return {"peak_gflops": peak_gflops(repeats, 512 if quick else 2048)}
+    out = {"fp32_gflops": peak_gflops(repeats, 8192), "tf32_gflops": peak_gflops(repeats, 8192, tf32=True),
+           "bf16_gflops": peak_gflops(repeats, 8192, torch.bfloat16)}
+    return {"peak_gflops": out["bf16_gflops"], **out}
+
+
+def machine() -> dict:
+    out = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+           "threads": torch.get_num_threads(), "torch": torch.__version__, "device": DEVICE.type}
+    if DEVICE.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     root = project_root()
     parser = argparse.ArgumentParser(prog="python -m cmrlib.bench", description=__doc__.split("\n\n")[0])
@@ -263,34 +307,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", default=str(root / "runs/default"), help="a study run whose run.json and fidelity steps table to read")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=str(runs_root() / "bench.json"))
+    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default=None,
+                        help="the study loop's precision (ACCELERATE_MIXED_PRECISION); the reference loop stays float32")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that the benchmark runs (numbers meaningless)")
     args = parser.parse_args(argv)
+    sections = [x.strip() for x in args.sections.split(",") if x.strip()]
+    if unknown := sorted(set(sections) - set(SECTIONS)):
+        parser.error(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if args.mixed_precision:  # read by accelerate when the training loop builds its Accelerator
+        os.environ["ACCELERATE_MIXED_PRECISION"] = args.mixed_precision
     params = load_params(args.params)
     run = Path(args.run) if Path(args.run).exists() else None
+    gpu = DEVICE.type == "cuda"
     torch.manual_seed(0)
     started = time.perf_counter()
-    peak = peak_gflops(args.repeats, 512 if args.quick else 2048)
-    print(f"peak float32 matrix product: {peak:.1f} GFLOP/s ({torch.get_num_threads()} threads)", flush=True)
-    tables = {"training": [training_table(params, args.repeats, peak, "default")]}
-    if not args.quick:
-        paper = load_params(args.paper_params, ["data.source=phantom", "data.root=null"])
-        # the paper's networks cost up to 50 s per step of 8 here (a GPU job): batch 2, one timed step, so that the
-        # whole benchmark stays within 10 minutes on 2 cores
-        tables["training"].append(training_table(paper, 1, peak, "paper", batch_cap=2))
-    tables["training"] = pd.concat(tables["training"], ignore_index=True)
-    tables["processes"] = processes_table(params, 2 if args.quick else args.repeats)
-    # 8 images per setting: 27 settings of 16 took 200 s of the 10 minutes
-    tables["sampling"] = sampling_table(params, [5, 10] if args.quick else [10, 20, 50], 4 if args.quick else 8, run)
-    tables["metrics"] = metrics_table(params, [200, 500] if args.quick else [1000, 5000, 10000], args.repeats)
-    tables["stages"] = stages_table(run)
-    record = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                          "threads": torch.get_num_threads(), "torch": torch.__version__, "cuda": torch.cuda.is_available()},
-              "peak_gflops": peak, "peak_rss_mb": peak_rss_mb(), "wall_s": time.perf_counter() - started,
-              "quick": args.quick, **{k: v.to_dict(orient="records") for k, v in tables.items()}}
+    rates = peaks(args.repeats, args.quick)
+    peak = rates["peak_gflops"]
+    print("peak matrix product: " + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()) + f" ({DEVICE.type}, {torch.get_num_threads()} threads)", flush=True)
+    tables = {}
+    if "training" in sections:
+        tables["training"] = [training_table(params, args.repeats, peak, "default")]
+        if not args.quick:
+            paper = load_params(args.paper_params, ["data.source=phantom", "data.root=null"])
+            # on 2 CPU cores the paper's networks cost up to 50 s per step of 8 (a GPU job): batch 2, one timed step,
+            # so that the whole benchmark stays within 10 minutes; on a GPU their own batch sizes
+            tables["training"].append(training_table(paper, args.repeats, peak, "paper") if gpu else
+                                      training_table(paper, 1, peak, "paper", batch_cap=2))
+        tables["training"] = pd.concat(tables["training"], ignore_index=True)
+    if "processes" in sections and not gpu:  # processes share the CPU's threads; a GPU trains one model at a time
+        tables["processes"] = processes_table(params, 2 if args.quick else args.repeats)
+    if "sampling" in sections:  # 8 images per setting: 27 settings of 16 took 200 s of the 10 minutes
+        tables["sampling"] = sampling_table(params, [5, 10] if args.quick else [10, 20, 50], 4 if args.quick else 8, run)
+    if "metrics" in sections:
+        tables["metrics"] = metrics_table(params, [200, 500] if args.quick else [1000, 5000, 10000], args.repeats)
+    if "stages" in sections:
+        tables["stages"] = stages_table(run)
+    record = {"machine": machine(), **rates, "mixed_precision": os.environ.get("ACCELERATE_MIXED_PRECISION", "no"),
+              "peak_rss_mb": peak_rss_mb(), "wall_s": time.perf_counter() - started, "quick": args.quick,
+              **{k: v.to_dict(orient="records") for k, v in tables.items()}}
+    if gpu:
+        record["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     for name, table in tables.items():
         print(f"\n## {name}\n")
         print(table.to_markdown(index=False, floatfmt=".3g") if len(table) else "(none)")
-    print(f"\npeak memory {record['peak_rss_mb']:.0f} MB, {record['wall_s']:.0f} s")
+    print(f"\npeak memory {record['peak_rss_mb']:.0f} MB" + (f", GPU {record['gpu_peak_memory_mb']:.0f} MB" if gpu else "")
+          + f", {record['wall_s']:.0f} s")
     write_json(args.out, record)
     print(f"wrote {args.out}")
     return 0

@@ -383,6 +383,7 @@ def train(
         _check_same_run(ckpt, last_path, expected)
         if ckpt["step"] >= config.steps:  # finished: nothing to train
             model.load_state_dict(ckpt["model"])
+            model.to(accelerator.device)  # where a training leaves it
             return TrainResult(
                 step=ckpt["step"], losses=_read_log(log_path), checkpoints=kept_checkpoints(out_dir),
                 wall_time_s=ckpt["elapsed_s"], last=last_path, resumed_from=ckpt["step"],
@@ -402,9 +403,11 @@ def train(
     wrapper, optimizer, scheduler = accelerator.prepare(wrapper, optimizer, scheduler)
     net = accelerator.unwrap_model(wrapper).model
     params = list(net.parameters())
+    # foreach: one fused update of all tensors per step on a GPU instead of a kernel per tensor; the CPU keeps the
+    # per-tensor update, whose rounding the committed CPU runs have
     ema = EMAModel(
         params, decay=config.ema_max_decay, use_ema_warmup=True,
-        inv_gamma=config.ema_inv_gamma, power=config.ema_power,
+        inv_gamma=config.ema_inv_gamma, power=config.ema_power, foreach=accelerator.device.type == "cuda",
     )
     batch_gen = torch.Generator().manual_seed(_seed_for(config.seed, rank, 0))
     device = accelerator.device

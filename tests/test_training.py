@@ -73,9 +73,10 @@ def weights(sd: dict) -> dict:
 
 
 def assert_same(a: dict, b: dict) -> None:
+    """Bit-identical tensors, wherever each lives (a checkpoint on the CPU, a trained model on the GPU)."""
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.equal(a[k], b[k]), k
+        assert torch.equal(a[k].cpu(), b[k].cpu()), k
 
 
 @pytest.fixture(scope="module")
@@ -205,14 +206,16 @@ def test_finished_run_is_not_retrained_elsewhere(tmp_path, data, reference):
     ref_dir, ref_model, _ = reference
     shutil.copy(ref_dir / "last.pt", tmp_path / "last.pt")
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
-    ckpt |= {"device_type": "cuda", "num_processes": 4}
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    elsewhere = "cpu" if here == "cuda" else "cuda"
+    ckpt |= {"device_type": elsewhere, "num_processes": 4}
     torch.save(ckpt, tmp_path / "last.pt")
     model = TinyDenoiser()
     assert train(model, *data, cfg(), tmp_path).step == 40
     assert_same(model.state_dict(), ref_model.state_dict())
     ckpt["step"] = 20  # not finished: continuing it here would not be the same run
     torch.save(ckpt, tmp_path / "last.pt")
-    with pytest.raises(CheckpointError, match="device_type: checkpoint 'cuda', now 'cpu'"):
+    with pytest.raises(CheckpointError, match=f"device_type: checkpoint '{elsewhere}', now '{here}'"):
         train(TinyDenoiser(), *data, cfg(), tmp_path)
 
 
