@@ -55,10 +55,11 @@ from .paths import project_root, runs_root
 
 
 DEVICE = generation.device()
+ON_GPU = DEVICE.type == "cuda"
 
 
 def _sync() -> None:
-    if DEVICE.type == "cuda":
+    if ON_GPU:
         torch.cuda.synchronize()
 
 
@@ -284,7 +285,7 @@ SECTIONS = ("training", "processes", "sampling", "metrics", "stages")
 
 def peaks(repeats: int, quick: bool) -> dict[str, float]:
     """The rates the training table is measured against: ``peak_gflops`` (the ceiling) and, on a GPU, each precision's."""
-    if DEVICE.type != "cuda":
+    if not ON_GPU:
         return {"peak_gflops": peak_gflops(repeats, 512 if quick else 2048)}
     out = {"fp32_gflops": peak_gflops(repeats, 8192), "tf32_gflops": peak_gflops(repeats, 8192, tf32=True),
            "bf16_gflops": peak_gflops(repeats, 8192, torch.bfloat16)}
@@ -294,7 +295,7 @@ def peaks(repeats: int, quick: bool) -> dict[str, float]:
 def machine() -> dict:
     out = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
            "threads": torch.get_num_threads(), "torch": torch.__version__, "device": DEVICE.type}
-    if DEVICE.type == "cuda":
+    if ON_GPU:
         out["gpu"] = torch.cuda.get_device_name()
     return out
 
@@ -319,7 +320,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["ACCELERATE_MIXED_PRECISION"] = args.mixed_precision
     params = load_params(args.params)
     run = Path(args.run) if Path(args.run).exists() else None
-    gpu = DEVICE.type == "cuda"
     torch.manual_seed(0)
     started = time.perf_counter()
     rates = peaks(args.repeats, args.quick)
@@ -332,10 +332,10 @@ def main(argv: list[str] | None = None) -> int:
             paper = load_params(args.paper_params, ["data.source=phantom", "data.root=null"])
             # on 2 CPU cores the paper's networks cost up to 50 s per step of 8 (a GPU job): batch 2, one timed step,
             # so that the whole benchmark stays within 10 minutes; on a GPU their own batch sizes
-            tables["training"].append(training_table(paper, args.repeats, peak, "paper") if gpu else
+            tables["training"].append(training_table(paper, args.repeats, peak, "paper") if ON_GPU else
                                       training_table(paper, 1, peak, "paper", batch_cap=2))
         tables["training"] = pd.concat(tables["training"], ignore_index=True)
-    if "processes" in sections and not gpu:  # processes share the CPU's threads; a GPU trains one model at a time
+    if "processes" in sections and not ON_GPU:  # processes share the CPU's threads; a GPU trains one model at a time
         tables["processes"] = processes_table(params, 2 if args.quick else args.repeats)
     if "sampling" in sections:  # 8 images per setting: 27 settings of 16 took 200 s of the 10 minutes
         tables["sampling"] = sampling_table(params, [5, 10] if args.quick else [10, 20, 50], 4 if args.quick else 8, run)
@@ -346,12 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     record = {"machine": machine(), **rates, "mixed_precision": os.environ.get("ACCELERATE_MIXED_PRECISION", "no"),
               "peak_rss_mb": peak_rss_mb(), "wall_s": time.perf_counter() - started, "quick": args.quick,
               **{k: v.to_dict(orient="records") for k, v in tables.items()}}
-    if gpu:
+    if ON_GPU:
         record["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     for name, table in tables.items():
         print(f"\n## {name}\n")
         print(table.to_markdown(index=False, floatfmt=".3g") if len(table) else "(none)")
-    print(f"\npeak memory {record['peak_rss_mb']:.0f} MB" + (f", GPU {record['gpu_peak_memory_mb']:.0f} MB" if gpu else "")
+    print(f"\npeak memory {record['peak_rss_mb']:.0f} MB" + (f", GPU {record['gpu_peak_memory_mb']:.0f} MB" if ON_GPU else "")
           + f", {record['wall_s']:.0f} s")
     write_json(args.out, record)
     print(f"wrote {args.out}")

@@ -2,8 +2,9 @@
 
 A small network does not keep two CPU threads busy: on 2 cores a DynUNet step of 8 images takes 0.175 s on 2 threads
 and 0.25 s on 1, so two single-threaded trainings side by side train 1.4x as many images per second (measured
-2026-11-30; the 64-px generator UNets gain little and unsteadily, 1.04 to 1.27x). :func:`map_jobs` runs ``fn(*context, job)`` for every job
-on ``workers`` spawned processes, each with ``torch.get_num_threads() // workers`` threads (at least one).
+2026-11-30; the 64-px generator UNets gain unsteadily, 1.04 to 1.43x between runs). :func:`map_jobs` runs
+``fn(*context, job)`` for every job on ``workers`` spawned processes, each with ``torch.get_num_threads() // workers``
+threads (at least one).
 
 The thread count changes how float sums are split, so a run's numbers depend on ``workers`` (and, as always, on the
 machine): the same params give the same numbers on the same machine.
