@@ -13,6 +13,7 @@ import sys
 
 from . import export
 from .params import ARMS
+from .training import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,9 +40,13 @@ def main(argv: list[str] | None = None) -> int:
             path = export.generate(args.run, args.arm, args.n, args.seed)
         else:
             path = export.export(args.run, args.arm, args.format, args.out, args.samples, args.override_privacy_gate)
-    except (export.PrivacyGateError, FileNotFoundError, FileExistsError, KeyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (export.PrivacyGateError, CheckpointError, OSError, KeyError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
+        print(f"error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("stopped: nothing was exported (an export is moved into place only once complete)", file=sys.stderr)
+        return 130
     print(path)
     return 0
 

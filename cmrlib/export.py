@@ -17,6 +17,9 @@ uint8 labels (0 background, 1 LV, 2 MYO, 3 RV), in-plane spacing ``data.spacing_
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +31,7 @@ from .data.records import write_json
 from .labels import CLASSES
 from .params import ARMS, StudyParams
 from .params import load as load_params
-from .paths import RunPaths, atomic_path
+from .paths import RunPaths, current_umask
 
 FORMATS = ("nifti", "nnunet", "npz")
 
@@ -40,7 +43,8 @@ class PrivacyGateError(RuntimeError):
 def open_run(run: str | Path) -> tuple[StudyParams, RunPaths]:
     """A run folder (a path holding ``params.yaml``) or a run name under ``runs/``."""
     path = Path(run)
-    paths = RunPaths(path.resolve()) if (path / "params.yaml").is_file() else RunPaths.for_run(str(run))
+    is_folder = (path / "params.yaml").is_file() or path.name != str(run)  # a path, not a bare run name
+    paths = RunPaths(path.resolve()) if is_folder else RunPaths.for_run(str(run))
     if not paths.params.is_file():
         raise FileNotFoundError(f"run {run!r}: no params.yaml at {paths.params}; give a run folder written by "
                                 "`python -m cmrlib.study run` or the name of one under runs/")
@@ -127,7 +131,11 @@ def _write_pairs(images: np.ndarray, masks: np.ndarray, out: Path, spacing: floa
 def data_card(params: StudyParams, paths: RunPaths, arm: str, samples: str, n: int, gate: dict) -> dict:
     """What the exported set is and what the run measured about it."""
     table = generation.samples_table(paths, arm)
-    row = table[table["file"] == f"{samples}.npz"].iloc[-1].to_dict()
+    rows = table[table["file"] == f"{samples}.npz"]
+    if rows.empty:
+        raise KeyError(f"{paths.samples / arm / 'samples.csv'} has no row for {samples}.npz, so how it was made is "
+                       f"unknown and no data card can be written; make the set again (`python -m cmrlib generate`)")
+    row = rows.iloc[-1].to_dict()
     fidelity = {}
     fid_path = paths.metrics / "fidelity.json"
     if fid_path.is_file():
@@ -173,28 +181,36 @@ def export(run: str | Path, arm: str, fmt: str, out: str | Path, samples: str = 
     _check_arm(arm)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file: give a folder to export into (new or empty)")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty: export into a new folder")
     params, paths = open_run(run)
     gate = privacy_gate(params, privacy_results(paths, arm), override)
     data = generation.load_samples(paths, arm, samples)
     images, masks = data["images"], data["masks"]
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty: export into a new folder")
-    out.mkdir(parents=True, exist_ok=True)
-    spacing = params.data.spacing_mm
-    if fmt == "npz":
-        with atomic_path(out / f"{arm}_{samples}.npz") as tmp:
-            np.savez_compressed(tmp, images=images, masks=masks)
-    else:
-        cases = _write_pairs(images, masks, out, spacing, fmt, f"{arm}")
-        if fmt == "nnunet":
-            write_json(out / "dataset.json", {
-                "channel_names": {"0": "MRI"}, "labels": {name: value for value, name in CLASSES.items()},
-                "numTraining": len(cases), "file_ending": ".nii.gz",
-                "name": f"synthetic_cmr_{arm}", "description": f"synthetic short-axis CMR from the {arm.upper()} arm of run {params.run_name}"})
-    card = data_card(params, paths, arm, samples, len(images), gate)
-    write_json(out / "data_card.json", card)
-    (out / "data_card.md").write_text(_card_markdown(card))
+    card = data_card(params, paths, arm, samples, len(images), gate)  # before any data: a set never lacks its card
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # everything goes to a hidden folder beside `out`, moved into place whole: a failure leaves no half-export
+    partial = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        partial.chmod(0o777 & ~current_umask())
+        write_json(partial / "data_card.json", card)
+        (partial / "data_card.md").write_text(_card_markdown(card))
+        if fmt == "npz":
+            np.savez_compressed(partial / f"{arm}_{samples}.npz", images=images, masks=masks)
+        else:
+            cases = _write_pairs(images, masks, partial, params.data.spacing_mm, fmt, f"{arm}")
+            if fmt == "nnunet":
+                write_json(partial / "dataset.json", {
+                    "channel_names": {"0": "MRI"}, "labels": {name: value for value, name in CLASSES.items()},
+                    "numTraining": len(cases), "file_ending": ".nii.gz",
+                    "name": f"synthetic_cmr_{arm}", "description": f"synthetic short-axis CMR from the {arm.upper()} arm of run {params.run_name}"})
+        os.replace(partial, out)  # an empty `out` is replaced; POSIX renames a folder onto an empty one
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial)
     return out
 
 

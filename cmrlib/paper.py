@@ -103,13 +103,23 @@ def smallest_n(utility: dict) -> int:
     return int(t.loc[t.regime == "real+synthetic", "n_real_patients"].min())
 
 
+def cross_sets(utility: dict) -> list[str]:
+    """The utility axis's cross-domain evaluation sets (``cross_<domain>``); empty for a single-domain run."""
+    return sorted(s for s in _utility_rows(utility).eval_set.unique() if s != "test")
+
+
+def reference_protocol_applies(privacy: dict) -> bool:
+    """Whether the run could serve the reference privacy protocol (it needs a cross-domain set; privacy settings)."""
+    return bool(privacy.get("settings", {}).get("protocols", {}).get("reference", {}).get("applicable", True))
+
+
 def trade_off(results: dict[str, dict], arms=ARMS) -> pd.DataFrame:
     """Long table: arm, axis, metric, label, better, estimate, low, high (NaN where the metric has no interval).
     Utility rows add the real-only baseline as arm ``real only``."""
     fid = {(r["set"], r["metric"]): r for r in results["fidelity"]["metrics"]}
     util = _utility_rows(results["utility"])
     n = smallest_n(results["utility"])
-    crosses = sorted(s for s in util.eval_set.unique() if s != "test")
+    crosses = cross_sets(results["utility"])
     privacy = {r["arm"]: r for r in results["privacy"]["summary"]}
     labels = {key: (axis, label, better) for axis, key, label, better in AXES}
     rows = []
@@ -255,6 +265,8 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
         "ae_steps": str(g.ldm.autoencoder.train.steps), "n_snr": str(len(params.privacy.mia_snr)),
         "mia_draws": str(params.privacy.mia_draws), "max_copy_share": fmt(params.export.max_copy_share, 2),
         "max_mia_auc": fmt(params.export.max_mia_auc, 2), "chance": "0.5",
+        "n_cross_sets": str(len(cross_sets(results["utility"]))),
+        "reference_protocol": "applicable" if reference_protocol_applies(results["privacy"]) else "not applicable",
     }
     for arm in ARMS:
         p = g.arm(arm)
@@ -299,13 +311,24 @@ def _interval(n: dict[str, str], name: str) -> str:
     return f"{n.get(name, 'n/a')} [{low}, {high}]" if low is not None else n.get(name, "n/a")
 
 
+_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+
+
 def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list[tuple]:
     """The manuscript as blocks: ("h1"|"h2", text), ("p", text), ("fig", name, caption), ("table", name, caption).
     Every number in the text is a value of ``n``."""
     real_data = params.data.source != "phantom"
+    n_vendors = len(params.data.phantom.domains)
     data_text = (f"the {params.data.source} data set" if real_data else
                  "the embedded cardiac phantom (per-patient anatomy from base to apex and from end-diastole to end-systole, "
-                 "four vendors with their own contrast, noise, bias field and blur)")
+                 f"{_WORDS.get(n_vendors, n_vendors)} vendor{'s' if n_vendors != 1 else ''} with "
+                 f"{'their' if n_vendors != 1 else 'its'} own contrast, noise, bias field and blur)")
+    crossing = n.get("n_cross_sets", "1") != "0"
+    cross_split_text = ("the patients of the other vendors as cross-domain sets" if crossing else
+                        "no cross-domain set (the run has no domain besides the training ones)")
+    tested_on = "the in-domain and cross-domain sets" if crossing else "the in-domain test set"
+    cross_utility = (f" Cross-domain (first other vendor): real only {_interval(n, 'real_only_cross_dice')}." if crossing
+                     else " No cross-domain set: generalisation to other vendors is not measured by this run.")
     arms = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_mask_dice')}" for a in ARMS)
     utility = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_utility_dice')}" for a in ARMS)
     privacy = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_mia_auc')}" for a in ARMS)
@@ -313,6 +336,13 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
     copies = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_copy_share')}" for a in ARMS)
     dcr = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_dcr_score')}" for a in ARMS)
     shift = ", ".join(f"{LABELS[a]} {n.get(f'{a}_domain_shift_auc', 'n/a')}" for a in ARMS)
+    reference_text = (
+        f"With the reference protocol (non-members from another vendor): {reference_auc}; a control that pits two "
+        f"non-member sets against each other (held-out patients against the other vendor) reaches {shift}: the part of "
+        "the reference protocol's AUC that this control also reaches is vendor shift, not membership."
+        if n.get("reference_protocol", "applicable") == "applicable" else
+        "The reference protocol (non-members from another vendor) and its domain-shift control are not applicable: "
+        "the run has no cross-domain set.")
     deltas = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_utility_delta')}" for a in ARMS)
     verdict_text = "; ".join(f"*{r.claim}*: **{n[f'claim_{r.key}']}**" for r in claims.itertuples())
     budgets = sorted({k.split("_")[1] for k in n if re.fullmatch(r"budget_\d+pct", k)}, key=lambda v: int(v[:-3]))
@@ -334,7 +364,7 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
               f"pixels at {n['spacing_mm']} mm and scaled to [-1, 1]. Patients are split once (seed {n['seed']}): "
               f"{n['n_train']} training patients ({n['n_train_slices']} slices; the generators' members), {n['n_holdout']} "
               f"held-out patients of the same vendors (non-members), {n['n_test']} in-domain test patients "
-              f"({n['n_test_slices']} slices) and the patients of the other vendors as cross-domain sets."),
+              f"({n['n_test_slices']} slices) and {cross_split_text}."),
         ("p", f"**Generators.** Stage 1 draws a label map from a mask prior ({n['mask_prior_steps']} training steps, "
               f"{n['mask_prior_sampler_steps']} sampling steps); stage 2 generates an image conditioned on the one-hot map "
               f"concatenated to the network input, for every arm. DDPM: noise prediction, {n['ddpm_train_steps']} steps of batch "
@@ -345,7 +375,7 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
         ("p", f"**Evaluation.** Fidelity: mask faithfulness (Dice between the conditioning mask and a reference segmenter's "
               f"prediction, the segmenter trained {n['segmenter_steps']} steps on the real training patients) and FID in that "
               f"segmenter's feature space. Utility: a DynUNet trained {n['utility_steps']} steps on real, synthetic, or real + "
-              f"synthetic data, tested per patient on the in-domain and cross-domain sets. Privacy: nearest-neighbour copy "
+              f"synthetic data, tested per patient on {tested_on}. Privacy: nearest-neighbour copy "
               f"flags, distance to closest record against held-out patients, and membership inference from each model's own "
               f"error at {n['n_snr']} matched signal-to-noise ratios ({n['mia_draws']} noise draw{'s' if n['mia_draws'] != 1 else ''} each), members = training "
               f"slices, non-members = held-out slices. Intervals: {n['confidence']}% percentile bootstrap over patients."),
@@ -353,12 +383,9 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
         ("fig", "paper_samples", "The paired set: real test masks, the image each arm generated from them, and the real image."),
         ("p", f"**Fidelity.** Mask faithfulness: {arms} (real images: {n.get('real_mask_dice', 'n/a')})."),
         ("p", f"**Utility.** With {n['n_real_smallest']} real patients plus synthetic data, in-domain Dice: {utility}; real "
-              f"only: {_interval(n, 'real_only_utility_dice')}; change against real only: {deltas}. Cross-domain (first other "
-              f"vendor): real only {_interval(n, 'real_only_cross_dice')}."),
+              f"only: {_interval(n, 'real_only_utility_dice')}; change against real only: {deltas}.{cross_utility}"),
         ("fig", "paper_utility", "Segmentation Dice against the number of real training patients, per regime and arm."),
-        ("p", f"**Privacy.** Membership AUC (ours): {privacy}. With the reference protocol (non-members from another vendor): "
-              f"{reference_auc}; a control that pits two non-member sets against each other (held-out patients against the other "
-              f"vendor) reaches {shift}, so most of the reference protocol's AUC is vendor shift. Share of synthetic images "
+        ("p", f"**Privacy.** Membership AUC (ours): {privacy}. {reference_text} Share of synthetic images "
               f"flagged as copies: {copies}; distance-to-closest-record score ({n['chance']}: no closer to the training patients than "
               f"unseen patients are; 1: copies): {dcr}."),
         ("fig", "paper_privacy", "Membership inference: AUC against noise level per arm (ours)."),

@@ -341,7 +341,8 @@ class PaperParams(_Section):
 
 
 class StudyParams(_Section):
-    run_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="names the run folder runs/<run_name>/")
+    run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="names the run folder runs/<run_name>/: "
+                          "letters, digits, '_', '.' and '-', starting with a letter or digit (so never '.' or '..')")
     seed: int = 0
     data: DataParams = DataParams()
     generators: GeneratorsParams = GeneratorsParams()
@@ -378,8 +379,39 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], source: str =
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ParamsError(f"{source} {item!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+        try:
+            node[parts[-1]] = _parse_yaml(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ParamsError(f"{source} {item!r}: the value is not valid YAML ({_first_line(exc)})") from None
     return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, with a repeated key in one mapping an error (plain YAML keeps the last one silently)."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {seen[key] + 1}, again on line "
+                f"{key_node.start_mark.line + 1}): keep one", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return " ".join(text.split("\n")[:3]) if text else type(exc).__name__
 
 
 def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
@@ -414,7 +446,7 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> StudyParams:
         shipped = ", ".join(sorted(p.name for p in (project_root() / "params").glob("*.yaml")))
         raise ParamsError(f"params file {path} not found (shipped configurations in params/: {shipped})")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")

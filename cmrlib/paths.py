@@ -26,10 +26,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # the mode a plain open() gives, not mkstemp's private 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting it and setting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def project_root() -> Path:
@@ -62,7 +70,11 @@ class RunPaths:
 
     @classmethod
     def for_run(cls, run_name: str, runs_dir: str | Path | None = None) -> "RunPaths":
-        return cls(Path(runs_dir).resolve() / run_name if runs_dir else runs_root() / run_name)
+        runs = Path(runs_dir).resolve() if runs_dir else runs_root()
+        if run_name in ("", ".", "..") or Path(run_name).name != run_name or "\\" in run_name:
+            raise ValueError(f"run name {run_name!r} does not name a folder inside {runs}: use letters, digits, "
+                             "'_', '.' and '-', starting with a letter or digit")
+        return cls(runs / run_name)
 
     # files at the top of the run folder
     @property

@@ -249,13 +249,18 @@ def utility_dice_against_n(table: pd.DataFrame, column: str = "dice_mean", low: 
 
 def utility_in_against_cross(table: pd.DataFrame) -> plt.Figure:
     """Mean foreground Dice in-domain (``test``, x) against each cross-domain set (y), one point per regime, arm and
-    number of real patients, with interval bars; the diagonal marks no domain shift."""
+    number of real patients, with interval bars; the diagonal marks no domain shift. A run without a cross-domain
+    set gets a figure that says so (rather than no file, which would leave an older run's figure in place)."""
     test = table[table["eval_set"] == "test"].set_index(["regime", "arm", "n_real_patients"])
     crosses = [s for s in dict.fromkeys(table["eval_set"]) if s != "test"]
     fig, ax = plt.subplots(figsize=(5.2, 4))
+    if not crosses:
+        ax.text(0.5, 0.5, "not applicable:\nthis run has no cross-domain set", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
     groups = list(table.groupby(["regime", "arm"], sort=False).groups)
     colours = dict(zip(groups, sns.color_palette("tab10", len(groups))))
-    markers = dict(zip(crosses, "os^Dv<>"))
+    markers = {name: "os^Dv<>ph*"[i % 10] for i, name in enumerate(crosses)}
     for name in crosses:
         c = table[table["eval_set"] == name].set_index(["regime", "arm", "n_real_patients"])
         for key in c.index.intersection(test.index):
@@ -374,8 +379,9 @@ def roc_curves(roc: pd.DataFrame, fpr_mark: float = 0.01) -> plt.Figure:
 
 def auc_against_noise_level(table: pd.DataFrame, protocols: tuple[str, ...] = ("ours", "reference")) -> plt.Figure:
     """Membership AUC of the loss attack at each noise level (SNR, log axis), one line per arm with interval bars,
-    one panel per protocol; the aggregated calibrated attack as a dashed horizontal line per arm. From
-    ``cmrlib.privacy.Membership.table``."""
+    one panel per protocol that the table holds (a run without a cross-domain set has no reference protocol); the
+    aggregated calibrated attack as a dashed horizontal line per arm. From ``cmrlib.privacy.Membership.table``."""
+    protocols = tuple(p for p in protocols if (table["protocol"] == p).any()) or protocols[:1]
     fig, axes = plt.subplots(1, len(protocols), figsize=(3.6 * len(protocols), 3.0), squeeze=False, sharey=True)
     for ax, protocol in zip(axes[0], protocols):
         d = table[table["protocol"] == protocol]

@@ -68,18 +68,18 @@ PROTOCOLS = {  # name -> (positive set, negative set, what it measures)
 }
 ATTACKS = ("loss", "calibrated")
 FPR = 0.01
+NO_CROSS = ("not applicable: the run has no cross-domain set (data.cross_domains is empty, or the data have no domain "
+            "besides the training ones), so the reference protocol's non-members do not exist")
 
 
 # -- the real sets ---------------------------------------------------------------------------------------------------
-def reference_split(params: StudyParams, slices: SliceSet) -> str:
-    """The cross-domain split whose slices are the reference protocol's non-members."""
+def reference_split(params: StudyParams, slices: SliceSet) -> str | None:
+    """The cross-domain split whose slices are the reference protocol's non-members; None when the run has none (the
+    protocols that need one are then not applicable, :func:`protocol_status`)."""
     cross = sorted(s for s in set(slices.meta["split"]) if str(s).startswith("cross_"))
     wanted = params.privacy.reference_protocol_domain
     if wanted is None:
-        if not cross:
-            raise ValueError("the reference protocol needs a cross-domain set (split cross_<domain>), and this run has "
-                             "none: set data.cross_domains in the params")
-        return cross[0]
+        return cross[0] if cross else None
     if f"cross_{wanted}" not in cross:
         raise ValueError(f"privacy.reference_protocol_domain = {wanted!r}, but the run's cross-domain sets are {cross}: "
                          f"choose one of {[c.removeprefix('cross_') for c in cross]} or null (the first)")
@@ -92,24 +92,42 @@ class Reference:
 
     train: SliceSet  # the generators' training slices: the members
     holdout: SliceSet  # same vendors, never trained on: the non-members
-    cross: SliceSet  # the reference protocol's non-members: as many patients of the cross-domain set as holdout patients
-    cross_split: str
+    cross: SliceSet | None  # the reference protocol's non-members: as many patients of the cross-domain set as holdout
+    cross_split: str | None  # patients; None when the run has no cross-domain set
     space: metrics.FeatureSpace
     train_features: np.ndarray  # the training images in the seg space
     holdout_nearest: pd.DataFrame = field(default_factory=pd.DataFrame)  # the holdout images' nearest-neighbour analysis
+
+    @property
+    def sets(self) -> dict[str, SliceSet]:
+        """The real sets the attacks compare: ``train``, ``holdout`` and, where the run has one, ``cross``."""
+        return {"train": self.train, "holdout": self.holdout, **({"cross": self.cross} if self.cross is not None else {})}
+
+
+def protocol_status(ref: Reference) -> dict[str, dict]:
+    """Each protocol's sets, what it measures, and whether this run can serve it (a protocol with a cross-domain set
+    is not applicable without one, :data:`NO_CROSS`). The one place that decides which protocols run."""
+    out = {}
+    for name, (pos, neg, measures) in PROTOCOLS.items():
+        applicable = "cross" not in (pos, neg) or ref.cross is not None
+        out[name] = {"positive": pos, "negative": ref.cross_split if neg == "cross" else neg, "measures": measures,
+                     "applicable": applicable, "reason": None if applicable else NO_CROSS}
+    return out
 
 
 def reference(params: StudyParams, slices: SliceSet, segmenter: torch.nn.Module) -> Reference:
     """The members, the non-members of both protocols, the seg space, and the holdout images' own analysis."""
     space = metrics.seg_features(segmenter)
     train, holdout = slices.split("train"), slices.split("holdout")
-    cross_split = reference_split(params, slices)
-    cross = slices.split(cross_split)
-    patients = np.unique(cross.meta["patient"].to_numpy())
-    n = min(len(patients), holdout.meta["patient"].nunique())  # as many patients as our non-members: matched sizes
-    chosen = np.random.default_rng(_seed(params, "cross patients")).choice(patients, n, replace=False)
-    ref = Reference(train=train, holdout=holdout, cross=cross.select(cross.meta["patient"].isin(chosen).to_numpy()),
-                    cross_split=cross_split, space=space, train_features=space(train.images))
+    cross_split, cross = reference_split(params, slices), None
+    if cross_split is not None:
+        every = slices.split(cross_split)
+        patients = np.unique(every.meta["patient"].to_numpy())
+        n = min(len(patients), holdout.meta["patient"].nunique())  # as many patients as our non-members: matched sizes
+        chosen = np.random.default_rng(_seed(params, "cross patients")).choice(patients, n, replace=False)
+        cross = every.select(every.meta["patient"].isin(chosen).to_numpy())
+    ref = Reference(train=train, holdout=holdout, cross=cross, cross_split=cross_split, space=space,
+                    train_features=space(train.images))
     ref.holdout_nearest = nearest_to_train(params, ref, holdout.images)
     return ref
 
@@ -313,8 +331,9 @@ def attack(params: StudyParams, positive: np.ndarray, negative: np.ndarray, pos_
 class Membership:
     table: pd.DataFrame  # arm, protocol, attack, snr, level, noise_step, auc (+ interval), tpr_at_1fpr (+ interval), counts
     roc: pd.DataFrame  # arm, protocol, attack, fpr (list), tpr (list)
-    errors: dict[str, dict[str, np.ndarray]]  # arm -> set (train, holdout, cross) -> (N, L) errors
+    errors: dict[str, dict[str, np.ndarray]]  # arm -> set (train, holdout[, cross]) -> (N, L) errors
     seconds: dict[str, float]
+    protocols: dict[str, dict] = field(default_factory=dict)  # protocol_status of the run; empty: all applicable
 
 
 def attacks(params: StudyParams, ref: Reference, errors: dict[str, dict[str, np.ndarray]],
@@ -322,12 +341,14 @@ def attacks(params: StudyParams, ref: Reference, errors: dict[str, dict[str, np.
     """Every protocol's attacks on every arm's errors (arm -> set ``train``/``holdout``/``cross`` -> (N, L)); ``context``
     (arm -> extra columns, e.g. the noise step per level and the checkpoint) joins the rows. Returns the long table
     (arm, protocol, attack, level, snr, noise_step, auc with interval, tpr_at_1fpr with interval, counts) and ROC points."""
-    sets = {"train": ref.train, "holdout": ref.holdout, "cross": ref.cross}
+    sets, status = ref.sets, protocol_status(ref)
     rows, roc = [], []
     for arm, by_set in errors.items():
         extra = dict((context or {}).get(arm, {}))
         steps = extra.pop("noise_steps", {})
         for protocol, (pos, neg, _) in PROTOCOLS.items():
+            if not status[protocol]["applicable"]:
+                continue
             r, c = attack(params, by_set[pos], by_set[neg], sets[pos].meta["patient"], sets[neg].meta["patient"], f"{arm}/{protocol}")
             rows += [{"arm": arm, "protocol": protocol, **x, "noise_step": steps.get(x["level"], math.nan), **extra} for x in r]
             roc += [{"arm": arm, "protocol": protocol, **x} for x in c]
@@ -337,18 +358,18 @@ def attacks(params: StudyParams, ref: Reference, errors: dict[str, dict[str, np.
 
 
 def membership(params: StudyParams, paths: RunPaths, ref: Reference, arms=ARMS) -> Membership:
-    """Errors of every arm's model on the training, holdout and cross-domain slices, and every protocol's attacks."""
-    sets = {"train": ref.train, "holdout": ref.holdout, "cross": ref.cross}
+    """Errors of every arm's model on the training, holdout and (where the run has one) cross-domain slices, and the
+    attacks of every applicable protocol."""
     errors, context, seconds = {}, {}, {}
     for arm in arms:
         start = time.perf_counter()
         model, ckpt = generation.load_arm(params, paths, arm)
-        errors[arm] = {name: model_errors(params, model, s.images, s.masks, f"{arm} errors on {name}") for name, s in sets.items()}
+        errors[arm] = {name: model_errors(params, model, s.images, s.masks, f"{arm} errors on {name}") for name, s in ref.sets.items()}
         context[arm] = {"noise_steps": {f"{snr:g}": noise_step(model, snr) for snr in params.privacy.mia_snr},
                         "checkpoint_step": ckpt["step"], "weights": ckpt["weights"]}
         seconds[arm] = time.perf_counter() - start
     table, roc = attacks(params, ref, errors, context)
-    return Membership(table, roc, errors, seconds)
+    return Membership(table, roc, errors, seconds, protocol_status(ref))
 
 
 def against_training_step(params: StudyParams, paths: RunPaths, ref: Reference, mia: Membership, arms=ARMS) -> pd.DataFrame:
@@ -387,7 +408,8 @@ def _pick(table: pd.DataFrame, **where) -> pd.Series:
 
 
 def summary(mem: Memorisation, mia: Membership, arms=ARMS) -> pd.DataFrame:
-    """One record per arm with the keys the paper notebook and the export gate read (see ``metrics/privacy.json``)."""
+    """One record per arm with the keys the paper notebook and the export gate read (see ``metrics/privacy.json``);
+    a protocol that is not applicable (``mia.protocols``) gives null values."""
     records = []
     for arm in arms:
         rec = {"arm": arm}
@@ -397,6 +419,9 @@ def summary(mem: Memorisation, mia: Membership, arms=ARMS) -> pd.DataFrame:
         for key, protocol, kind, col in (("mia_auc", "ours", "calibrated", "auc"), ("mia_tpr_at_1fpr", "ours", "calibrated", "tpr_at_1fpr"),
                                          ("mia_auc_loss", "ours", "loss", "auc"), ("reference_mia_auc", "reference", "calibrated", "auc"),
                                          ("domain_shift_auc", "domain shift", "calibrated", "auc")):
+            if not mia.protocols.get(protocol, {}).get("applicable", True):
+                rec.update({key: math.nan, f"{key}_low": math.nan, f"{key}_high": math.nan})
+                continue
             r = _pick(mia.table, arm=arm, protocol=protocol, attack=kind, level="all")
             rec.update({key: r[col], f"{key}_low": r[f"{col}_low"], f"{key}_high": r[f"{col}_high"]})
         ours = _pick(mia.table, arm=arm, protocol="ours", attack="calibrated", level="all")
@@ -433,12 +458,12 @@ def settings(params: StudyParams, ref: Reference) -> dict:
     return {"copy_flags": {"ratio_below": p.copy_ratio, "correlation_above": p.copy_correlation,
                            "lpips_below": p.copy_lpips, "lpips": metrics.lpips_status() or "available"},
             "mask_copy_dice_above": p.mask_copy_dice, "mia_snr": list(p.mia_snr), "mia_draws": p.mia_draws, "fpr": FPR,
-            "protocols": {k: {"positive": v[0], "negative": ref.cross_split if v[1] == "cross" else v[1], "measures": v[2]}
-                          for k, v in PROTOCOLS.items()},
+            "protocols": protocol_status(ref),
             "feature_space": ref.space.description, "bootstrap": p.bootstrap, "confidence": p.confidence,
             "counts": {"train_slices": len(ref.train), "train_patients": int(ref.train.meta["patient"].nunique()),
                        "holdout_slices": len(ref.holdout), "holdout_patients": int(ref.holdout.meta["patient"].nunique()),
-                       "cross_slices": len(ref.cross), "cross_patients": int(ref.cross.meta["patient"].nunique())}}
+                       "cross_slices": 0 if ref.cross is None else len(ref.cross),
+                       "cross_patients": 0 if ref.cross is None else int(ref.cross.meta["patient"].nunique())}}
 
 
 def save(params: StudyParams, paths: RunPaths, ref: Reference, mem: Memorisation, masks: pd.DataFrame, mia: Membership,
@@ -471,6 +496,6 @@ def save(params: StudyParams, paths: RunPaths, ref: Reference, mem: Memorisation
     return write_json(paths.metrics / "privacy.json", record)
 
 
-__all__ = ["STAGE", "UNSEEN", "PROTOCOLS", "ATTACKS", "Reference", "reference", "reference_split", "nearest_to_train",
+__all__ = ["STAGE", "UNSEEN", "PROTOCOLS", "ATTACKS", "NO_CROSS", "Reference", "reference", "reference_split", "protocol_status", "nearest_to_train",
            "nearest_rows", "dcr_interval", "Memorisation", "memorisation", "most_similar", "mask_copies", "noise_step",
            "model_errors", "attack", "attacks", "Membership", "membership", "against_training_step", "summary", "unseen_record", "mask_record", "per_level_auc", "settings", "save"]

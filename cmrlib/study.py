@@ -6,8 +6,9 @@ Each notebook gets two parameters, ``params_path`` (the resolved params written 
 ``run_dir``; its executed copy goes to ``runs/<run>/notebooks/``. ``runs/<run>/run.json`` records versions, the git
 commit, the params digest and, per stage, its status, wall time and the kernel's peak memory. A stage is skipped
 when its fingerprint (params, notebook, cmrlib version and source, and the previous stage's fingerprint) is the
-one recorded and its outputs exist, unless ``--force``. The runner stops at the first failing notebook and names
-it, the failing cell and the error.
+one recorded and its outputs exist and load (a truncated checkpoint is not "done"), unless ``--force``. The runner
+stops at the first failing notebook and names it, the failing cell and the error; Ctrl-C stops the stage, records it
+as interrupted, and says that a rerun resumes.
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, params as params_mod
-from .data.records import write_json
+from . import __version__, params as params_mod, preflight
+from .data.records import METADATA_FILE, write_json
 from .paths import RunPaths, notebooks_dir, project_root
 
 KERNEL = "cmrlib"
+DATA_STAGE = "00_data"  # after it, the set sizes of a real data set are known and the needs of later stages checked
 PARAMETERS = ("params_path", "run_dir")
+# passed only to the notebooks whose parameters cell declares them
+OPTIONAL_PARAMETERS = ("force",)
 
 # Outputs a stage must leave (relative to the run folder) besides its executed notebook; checked before skipping.
 STAGE_OUTPUTS: dict[str, list[str]] = {
@@ -52,6 +56,10 @@ VERSIONED = ("torch", "diffusers", "monai", "accelerate", "numpy", "pandas", "pa
 
 class StageFailed(RuntimeError):
     """A notebook failed; the message names the stage, the cell and the error."""
+
+
+class StudyInterrupted(StageFailed):
+    """Ctrl-C during a stage: the stage is recorded as interrupted, and a rerun resumes."""
 
 
 @dataclass(frozen=True)
@@ -126,10 +134,47 @@ def _check_kernel(kernel: str) -> None:
         ) from None
 
 
+def output_problem(path: Path) -> str | None:
+    """Why a stage's output cannot be trusted (missing, or a checkpoint, array file or JSON that does not load);
+    None when it is sound. A stage is skipped only when every output is sound."""
+    if not path.exists():
+        return "missing"
+    try:
+        if path.suffix == ".pt":
+            from .training import load_checkpoint
+
+            load_checkpoint(path)
+        elif path.suffix == ".npz":
+            import numpy as np
+
+            with np.load(path) as arrays:
+                for name in arrays.files:
+                    arrays[name]  # reads the member and checks its CRC
+        elif path.suffix in (".json", ".ipynb"):
+            json.loads(path.read_text())
+    except Exception as exc:  # a truncated or corrupt file raises many types
+        return f"does not load ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+    return None
+
+
+def _declared_parameters(notebook: Path) -> set[str]:
+    """The names assigned in a notebook's ``parameters`` cell."""
+    import re
+
+    cells = json.loads(notebook.read_text()).get("cells", [])
+    source = "".join("".join(c.get("source", "")) for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    return set(re.findall(r"^([A-Za-z_]\w*)\s*=", source, flags=re.M))
+
+
 def _execute(notebook: str, output: str, parameters: dict, cwd: str, kernel: str, queue) -> None:
     """Worker process: run one notebook; report the kernel's peak memory or the failing cell."""
+    import signal
+
     import papermill
     from papermill.exceptions import PapermillExecutionError
+
+    # Ctrl-C is the runner's to handle (it stops this worker, whose kernel then exits with it): no traceback here
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     try:
         papermill.execute_notebook(notebook, output, parameters=parameters, kernel_name=kernel, cwd=cwd, progress_bar=True)
@@ -143,16 +188,24 @@ def _execute(notebook: str, output: str, parameters: dict, cwd: str, kernel: str
     queue.put(result)
 
 
-def execute_stage(stage: Stage, paths: RunPaths, kernel: str = KERNEL) -> dict:
-    """Run one notebook in a fresh process (so its memory is measured alone); raise StageFailed on error."""
+def execute_stage(stage: Stage, paths: RunPaths, kernel: str = KERNEL, *, force: bool = False) -> dict:
+    """Run one notebook in a fresh process (so its memory is measured alone); raise StageFailed on error.
+    Ctrl-C stops the notebook and raises KeyboardInterrupt (checkpoints already written stay)."""
     output = paths.notebooks / stage.notebook.name
     parameters = {"params_path": str(paths.params), "run_dir": str(paths.root)}
+    optional = {"force": force}
+    parameters |= {k: optional[k] for k in OPTIONAL_PARAMETERS if k in _declared_parameters(stage.notebook)}
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     start = time.perf_counter()
     worker = ctx.Process(target=_execute, args=(str(stage.notebook), str(output), parameters, str(stage.notebook.parent), kernel, queue))
     worker.start()
-    result = queue.get()
+    try:
+        result = queue.get()
+    except KeyboardInterrupt:
+        worker.terminate()  # its kernel exits when its parent does
+        worker.join()
+        raise
     worker.join()
     result["wall_s"] = round(time.perf_counter() - start, 2)
     if not result["ok"]:
@@ -164,6 +217,12 @@ def execute_stage(stage: Stage, paths: RunPaths, kernel: str = KERNEL) -> dict:
             + f"  full traceback in the executed notebook {output}"
         )
     return result
+
+
+def _run_counts(paths: RunPaths) -> preflight.Counts | None:
+    """The data stage's set sizes, when its files exist."""
+    metadata = paths.root / "data" / METADATA_FILE  # not paths.data, which would create the folder
+    return preflight.counts_from_run(paths.splits, metadata) if paths.splits.exists() and metadata.exists() else None
 
 
 def _select(stages: list[Stage], only: Sequence[str], start: str | None) -> list[Stage]:
@@ -196,37 +255,52 @@ def run(
     selected = _select(stages, only, start)
     fps = fingerprints(stages, params)
     paths = RunPaths.for_run(params.run_name, runs_dir)
-    params.to_yaml(paths.params)
+    _check_kernel(kernel)
     record = {}
     if paths.run_json.exists():
         record = json.loads(paths.run_json.read_text())
+    data_done = record.get("stages", {}).get(DATA_STAGE, {}).get("fingerprint") == fps.get(DATA_STAGE)
+    preflight.check(params, _run_counts(paths) if data_done else preflight.counts_from_params(params))
     record.update(
         run_name=params.run_name, params_file=str(Path(params_file).resolve()), overrides=list(overrides),
         params_digest=params.digest(), git=_git_commit(), versions=_versions(),
     )
     record.setdefault("stages", {})
-    _check_kernel(kernel)
     echo(f"study {params.run_name}: {len(selected)} stage(s) -> {paths.root}")
     for i, stage in enumerate(selected, 1):
         previous = record["stages"].get(stage.name, {})
         unchanged = previous.get("status") == "done" and previous.get("fingerprint") == fps[stage.name]
-        if unchanged and not force and all((paths.root / o).exists() for o in stage.outputs):
-            echo(f"[{i}/{len(selected)}] {stage.name}: unchanged, skipped (use --force to re-run)")
-            continue
+        if unchanged and not force:
+            problems = {o: p for o in stage.outputs if (p := output_problem(paths.root / o))}
+            if not problems:
+                echo(f"[{i}/{len(selected)}] {stage.name}: unchanged, skipped (use --force to re-run)")
+                continue
+            echo(f"[{i}/{len(selected)}] {stage.name}: re-running, as its outputs are not sound: "
+                 + "; ".join(f"{o} {p}" for o, p in problems.items()))
         echo(f"[{i}/{len(selected)}] {stage.name}: running")
+        # the params are written only now that a stage starts with them, so a refused invocation changes nothing
+        params.to_yaml(paths.params)
         entry = {"status": "running", "fingerprint": fps[stage.name], "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "notebook": f"notebooks/{stage.notebook.name}"}
         record["stages"][stage.name] = entry
         write_json(paths.run_json, record)
         try:
-            result = execute_stage(stage, paths, kernel)
+            result = execute_stage(stage, paths, kernel, force=force)
         except StageFailed:
             entry["status"] = "failed"
             write_json(paths.run_json, record)
             raise
+        except KeyboardInterrupt:
+            entry["status"] = "interrupted"
+            write_json(paths.run_json, record)
+            raise StudyInterrupted(
+                f"interrupted in stage {stage.name}; run the same command again to resume (finished stages are "
+                f"skipped, trainings continue from their last checkpoint)") from None
         entry.update(status="done", wall_s=result["wall_s"], peak_rss_mb=round(result["peak_rss_mb"], 1))
         write_json(paths.run_json, record)
         echo(f"[{i}/{len(selected)}] {stage.name}: done in {result['wall_s']:.1f} s, peak memory {result['peak_rss_mb']:.0f} MB")
+        if stage.name == DATA_STAGE and i < len(selected):  # the real counts are known now, before any training
+            preflight.check(params, _run_counts(paths), done=f"{DATA_STAGE} ran; its outputs are kept")
     total = sum(s.get("wall_s", 0.0) for s in record["stages"].values())
     echo(f"study {params.run_name}: finished; stage wall time in total {total:.1f} s; record in {paths.run_json}")
     return record
@@ -246,9 +320,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run(args.params, args.overrides, only=args.only, start=args.start, force=args.force, runs_dir=args.runs_dir, kernel=args.kernel)
-    except (StageFailed, params_mod.ParamsError) as exc:
+    except StudyInterrupted as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 130
+    except (StageFailed, params_mod.ParamsError, preflight.PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before or between stages: nothing is half-done
+        print("stopped before a stage started; run the same command again to resume", file=sys.stderr)
+        return 130
     return 0
 
 

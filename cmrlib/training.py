@@ -316,16 +316,22 @@ def _check_same_run(ckpt: dict[str, Any], path: Path, expected: dict[str, Any]) 
 
 
 def _read_log(path: Path) -> pd.DataFrame:
-    if not path.exists():
+    """The loss log; a missing or empty file (a run killed before its header reached the disk) has no rows."""
+    if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in LOSS_COLUMNS}).astype({"step": "int64"})
-    return pd.read_csv(path)
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a readable loss log ({type(exc).__name__}: {exc}); delete it to "
+                              f"resume without the earlier rows") from exc
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Keep the rows up to ``step`` (a resume at ``step`` redoes the later ones), rewritten atomically."""
+    """Keep the rows up to ``step`` (a resume at ``step`` redoes the later ones), rewritten atomically with its
+    header (so an empty log from a killed run becomes a header-only one)."""
     if not path.exists():
         return
-    log = pd.read_csv(path)
+    log = _read_log(path)
     with atomic_path(path) as tmp:
         log[log["step"] <= step].to_csv(tmp, index=False)
 
@@ -493,6 +499,7 @@ def train(
         writer = csv.writer(log_file)
         if new_log:
             writer.writerow(LOSS_COLUMNS)
+            log_file.flush()  # the header on disk with the first checkpoint, so that a kill leaves a readable log
     bar = tqdm(total=config.steps, initial=step, desc=desc, disable=not (progress and accelerator.is_local_main_process),
                dynamic_ncols=True)
     try:

@@ -13,7 +13,7 @@ from cmrlib.paths import RunPaths
 from conftest import REPO
 
 
-def fake_results(mask_dice: dict, utility: dict, mia: dict) -> dict:
+def fake_results(mask_dice: dict, utility: dict, mia: dict, cross: bool = True) -> dict:
     """Metrics files in the schema the axis notebooks write; each value is (estimate, low, high)."""
     fidelity = {"counts": {"train_slices": 40, "test_slices": 20},
                 "metrics": [{"set": a, "metric": "dice_mean", "estimate": e, "low": lo, "high": hi} for a, (e, lo, hi) in mask_dice.items()]
@@ -23,21 +23,24 @@ def fake_results(mask_dice: dict, utility: dict, mia: dict) -> dict:
     summary = []
     for arm, (e, lo, hi) in utility.items():
         regime = "real" if arm == "none" else "real+synthetic"
-        for eval_set, shift in (("test", 0.0), ("cross_C", -0.2)):
+        for eval_set, shift in (("test", 0.0), ("cross_C", -0.2))[: 2 if cross else 1]:
             summary.append({"regime": regime, "arm": arm, "n_real_patients": 2, "eval_set": eval_set, "dice_mean": e + shift,
                             "dice_mean_low": lo + shift, "dice_mean_high": hi + shift,
                             "delta_vs_real": None if arm == "none" else e - utility["none"][0], "p_holm": 0.5})
     privacy = {"summary": [{"arm": a, "mia_auc": e, "mia_auc_low": lo, "mia_auc_high": hi, "copy_share": 0.0,
                             "copy_share_low": 0.0, "copy_share_high": 0.01, "dcr_score": 0.5, "dcr_score_low": 0.4,
-                            "dcr_score_high": 0.6, "reference_mia_auc": e + 0.2, "mia_tpr_at_1fpr": 0.02} for a, (e, lo, hi) in mia.items()]}
+                            "dcr_score_high": 0.6, "reference_mia_auc": e + 0.2 if cross else None, "mia_tpr_at_1fpr": 0.02}
+                           for a, (e, lo, hi) in mia.items()],
+               "settings": {"protocols": {"reference": {"applicable": cross}}}}
     return {"fidelity": fidelity, "utility": {"summary": summary}, "privacy": privacy}
 
 
-RESULTS = fake_results(
+RESULTS_ARGS = dict(
     mask_dice={"ddpm": (0.80, 0.75, 0.85), "ldm": (0.60, 0.55, 0.65), "fm": (0.78, 0.72, 0.83)},
     utility={"none": (0.70, 0.65, 0.75), "ddpm": (0.74, 0.70, 0.78), "ldm": (0.60, 0.55, 0.64), "fm": (0.85, 0.81, 0.89)},
     mia={"ddpm": (0.70, 0.64, 0.76), "ldm": (0.52, 0.47, 0.57), "fm": (0.50, 0.45, 0.55)},
 )
+RESULTS = fake_results(**RESULTS_ARGS)
 
 
 def test_verdicts_follow_the_intervals():
@@ -70,12 +73,12 @@ def test_missing_interval_is_inconclusive():
 EIGHT_STEPS = [f"generators.{arm}.train.steps=8" for arm in ("ddpm", "ldm", "fm")]
 
 
-def test_every_number_of_the_manuscript_is_in_the_numbers_file(tmp_path):
-    params = load(REPO / "params/default.yaml", EIGHT_STEPS)
-    table = paper.trade_off(RESULTS)
+def manuscript(tmp_path, results, params):
+    """numbers, and the text of paper.md without its inlined tables and file links."""
+    table = paper.trade_off(results)
     claims = paper.verdicts(table)
-    by_budget = paper.budget_verdicts(paper.budget_curves(RESULTS, params))
-    numbers = paper.numbers(params, RESULTS, table, claims, by_budget)
+    by_budget = paper.budget_verdicts(paper.budget_curves(results, params))
+    numbers = paper.numbers(params, results, table, claims, by_budget)
     folder = tmp_path / "paper"
     (folder / "tables").mkdir(parents=True)
     for name in ("trade_off", "claims"):
@@ -85,6 +88,11 @@ def test_every_number_of_the_manuscript_is_in_the_numbers_file(tmp_path):
     text = (folder / "paper.md").read_text()
     text = re.sub(r"\|.*\|", "", text)  # inlined tables are generated files, not text
     text = re.sub(r"\([^)]*\.(png|csv)\)", "", text)  # file links
+    return numbers, text, folder
+
+
+def test_every_number_of_the_manuscript_is_in_the_numbers_file(tmp_path):
+    numbers, text, folder = manuscript(tmp_path, RESULTS, load(REPO / "params/default.yaml", EIGHT_STEPS))
     quoted = set(re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])", text))
     known = set(numbers.values())
     allowed = {"1", "2", "3", "-1"}  # stage 1 / stage 2, the [-1, 1] range: fixed by the method, not results
@@ -97,6 +105,17 @@ def test_every_number_of_the_manuscript_is_in_the_numbers_file(tmp_path):
     assert json.loads((folder / "numbers.json").read_text()) == numbers
     tex = (folder / "main.tex").read_text()
     assert "\\input{tables/trade_off.tex}" in tex and "\\input{numbers.tex}" in tex
+    assert "Cross-domain (first other vendor)" in text and "not applicable" not in text
+
+
+def test_a_run_without_a_cross_domain_set_says_so_and_claims_nothing_about_vendor_shift(tmp_path):
+    results = fake_results(**RESULTS_ARGS, cross=False)
+    params = load(REPO / "params/default.yaml", EIGHT_STEPS + ["data.cross_domains=[]"])
+    numbers, text, _ = manuscript(tmp_path, results, params)
+    assert numbers["n_cross_sets"] == "0" and numbers["reference_protocol"] == "not applicable"
+    assert "reference protocol (non-members from another vendor) and its domain-shift control are not applicable" in text
+    assert "No cross-domain set" in text and "vendor shift" not in text and "Cross-domain (first other" not in text
+    assert "cross_dice" not in set(paper.trade_off(results).metric)
 
 
 def test_budget_curves_use_fractions_of_each_budget_and_claims_are_judged_per_budget():

@@ -213,6 +213,33 @@ def test_reference_protocol_domain_must_be_a_cross_domain_set(tiny_run):
         privacy.reference_split(bad, slices)
 
 
+def test_without_a_cross_domain_set_the_reference_protocol_is_not_applicable(tiny_run):
+    """A single-domain run (ACDC alone): every protocol on our non-members runs; the reference protocol and its
+    domain-shift control are reported as not applicable, with the reason, instead of stopping the stage."""
+    import dataclasses
+
+    p, paths, slices, ref = tiny_run
+    alone = slices.select(~slices.meta["split"].str.startswith("cross_").to_numpy())
+    single = p.model_copy(update={"data": p.data.model_copy(update={"cross_domains": []})})
+    assert privacy.reference_split(single, alone) is None
+    ref = dataclasses.replace(ref, cross=None, cross_split=None)
+    assert set(ref.sets) == {"train", "holdout"}
+    status = privacy.protocol_status(ref)
+    assert status["ours"]["applicable"] and not status["reference"]["applicable"] and not status["domain shift"]["applicable"]
+    assert "no cross-domain set" in status["reference"]["reason"]
+    rng = np.random.default_rng(1)
+    errors = {"ddpm": {"train": rng.exponential(0.5, (len(ref.train), 2)), "holdout": rng.exponential(1.0, (len(ref.holdout), 2))}}
+    table, roc = privacy.attacks(single, ref, errors)
+    assert set(table["protocol"]) == {"ours"}
+    mia = privacy.Membership(table, roc, errors, {}, status)
+    mem = privacy.memorisation(single, paths, ref, arms=("ddpm",))
+    record = json.loads(privacy.save(single, paths, ref, mem, privacy.mask_copies(single, paths, ref), mia, arms=("ddpm",)).read_text())
+    summary = record["summary"][0]
+    assert summary["mia_auc"] > 0.6 and summary["reference_mia_auc"] is None and summary["domain_shift_auc"] is None
+    assert record["settings"]["protocols"]["reference"]["applicable"] is False
+    assert record["settings"]["counts"]["cross_patients"] == 0
+
+
 # -- an overfitted model against an untrained one -------------------------------------------------------------------
 def _smooth_images(n, seed, size=16):
     g = torch.Generator().manual_seed(seed)

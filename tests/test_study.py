@@ -118,3 +118,54 @@ def test_cli_reports_params_errors(tmp_path, capsys):
     bad.write_text("run_name: x\ndata:\n  sauce: phantom\n")
     assert study.main(["run", str(bad)]) == 1
     assert "unknown key 'data.sauce'" in capsys.readouterr().err
+
+
+def test_a_configuration_a_later_stage_cannot_serve_fails_before_the_first_stage(tmp_path, capsys):
+    from cmrlib.preflight import PreflightError
+
+    with pytest.raises(PreflightError, match=r"40_utility: utility\.n_real_patients \[9\] exceed data\.n_train_patients"):
+        study.run(REPO / "params/smoke.yaml", ["utility.n_real_patients=[9]"], runs_dir=tmp_path, echo=lambda *_: None)
+    assert not (tmp_path / "smoke").exists() or not list((tmp_path / "smoke").iterdir())  # nothing ran, nothing written
+    args = ["run", str(REPO / "params/smoke.yaml"), "--runs-dir", str(tmp_path), "--set", "data.n_holdout_patients=1"]
+    assert study.main(args) == 1
+    assert "50_privacy: the calibrated membership attack" in capsys.readouterr().err
+
+
+def test_the_needs_of_later_stages_are_checked_on_the_data_stage_counts(tmp_path):
+    """A real source's set sizes are known only after 00_data: the check then uses splits.json and the metadata."""
+    from cmrlib import params, preflight
+
+    (tmp_path / "splits.json").write_text(json.dumps({"sets": {"train": ["a", "b"], "holdout": ["c"], "test": ["d"],
+                                                               "cross_X": ["e"]}}))
+    rows = [("a", "train")] * 3 + [("b", "train")] * 2 + [("c", "holdout"), ("d", "test"), ("e", "cross_X")]
+    (tmp_path / "metadata.csv").write_text("patient,split\n" + "\n".join(f"{p},{s}" for p, s in rows) + "\n")
+    counts = preflight.counts_from_run(tmp_path / "splits.json", tmp_path / "metadata.csv")
+    assert counts.patients == {"train": 2, "holdout": 1, "test": 1, "cross_X": 1} and counts.train_slices == [3, 2]
+    found = preflight.problems(params.load(REPO / "params/smoke.yaml"), counts)
+    assert any(f.startswith("50_privacy") and "data.n_holdout_patients >= 2" in f for f in found)
+    assert any(f.startswith("50_privacy") and "cross_X" in f and "data.n_cross_patients" in f for f in found)
+    assert not any("generators.ddpm.train.batch_size" in f for f in found)  # 4 of the 5 training slices: fine
+    assert any("utility.segmenter.batch_size = 4 exceeds the 3 slices of the 2 real patient" in f for f in found)
+
+
+def test_a_study_without_a_cross_domain_set_runs_to_its_paper(smoke_run):
+    """The common real-data case (one data set, one domain, ``cross_domains: []``) on the smoke run's data: the same
+    training patients, so every training resumes from the copied finished checkpoints; every stage runs again."""
+    import shutil
+
+    _, run_dir, _ = smoke_run
+    runs = run_dir.parent
+    shutil.copytree(run_dir / "checkpoints", runs / "smoke_nocross" / "checkpoints")
+    log: list[str] = []
+    record = study.run(REPO / "params/smoke.yaml", ["run_name=smoke_nocross", "data.cross_domains=[]"], runs_dir=runs,
+                       echo=log.append)
+    assert all(entry["status"] == "done" for entry in record["stages"].values())
+    out = runs / "smoke_nocross"
+    assert not [s for s in json.loads((out / "splits.json").read_text())["sets"] if s.startswith("cross_")]
+    privacy = json.loads((out / "metrics/privacy.json").read_text())
+    assert privacy["settings"]["protocols"]["reference"]["applicable"] is False
+    assert all(r["reference_mia_auc"] is None and r["mia_auc"] is not None for r in privacy["summary"])
+    utility = json.loads((out / "metrics/utility.json").read_text())
+    assert {r["eval_set"] for r in utility["summary"]} == {"test"}
+    text = (out / "paper/paper.md").read_text()
+    assert "not applicable" in text and "vendor shift" not in text

@@ -132,6 +132,33 @@ def test_resume_after_kill_is_bit_exact(tmp_path, data, reference):
     assert_same(again.state_dict(), ref_model.state_dict())
 
 
+def test_a_kill_before_the_first_log_row_leaves_a_resumable_log(tmp_path, data, reference):
+    """A SIGKILL runs no ``finally``: what is on disk at the moment of death is what a rerun finds."""
+    _, ref_model, _ = reference
+    on_disk = {}
+    model = make_model()
+    loss, left = model.loss, [5]
+
+    def dying_loss(*args):
+        left[0] -= 1
+        if left[0] < 0:  # step 6: last.pt holds step 4, no loss row is logged yet (log_every 10)
+            on_disk["log"] = (tmp_path / "loss.csv").read_text()
+            raise Interrupted
+        return loss(*args)
+
+    model.loss = dying_loss
+    with pytest.raises(Interrupted):
+        train(model, *data, cfg(checkpoint_every=2, log_every=10), tmp_path)
+    assert on_disk["log"].strip() == "step,loss,lr,ema_decay,grad_norm,elapsed_s"  # the header reached the disk
+
+    (tmp_path / "loss.csv").write_text("")  # as a kill between creating and writing the file leaves it
+    fresh = TinyDenoiser()
+    result = train(fresh, *data, cfg(checkpoint_every=2, log_every=10), tmp_path)
+    assert result.resumed_from == 4 and result.step == 40
+    assert_same(fresh.state_dict(), ref_model.state_dict())
+    assert pd.read_csv(tmp_path / "loss.csv")["step"].tolist() == [10, 20, 30, 40]
+
+
 def test_resume_from_copied_checkpoint(tmp_path, data, reference):
     ref_dir, ref_model, _ = reference
     shutil.copy(ref_dir / "step_0000020.pt", tmp_path / "last.pt")

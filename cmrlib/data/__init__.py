@@ -23,12 +23,12 @@ import pandas as pd
 
 from ..paths import RunPaths
 from . import acdc, acdc_h5, mnms, nifti, phantom
-from .io import Case, LayoutError
+from .io import Case, DuplicateCaseError, LayoutError
 from .preprocess import concat, preprocess_volume
-from .records import BadCaseError, SliceSet, Volume, write_json
+from .records import METADATA_FILE, SLICES_FILE, BadCaseError, SliceSet, Volume, write_json
 from .splits import assign, load_splits, make_splits, save_splits
 
-__all__ = ["BadCaseError", "LayoutError", "SliceSet", "Volume", "prepare", "load", "build_slices", "SOURCES"]
+__all__ = ["BadCaseError", "DuplicateCaseError", "LayoutError", "SliceSet", "Volume", "prepare", "load", "build_slices", "SOURCES"]
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -54,9 +54,39 @@ SOURCES: dict[str, Callable[..., Iterator[Volume | Case]]] = {
 }
 
 
+def source_files(data) -> list[Path]:
+    """Every file a real source may read: the files below ``data.root`` and those its lists name outside it (the
+    ``nifti`` case list's absolute paths, an absolute ``data.info_csv``); none for the phantom (made from params)."""
+    if data.source == "phantom":
+        return []
+    files = {p for p in Path(data.root).rglob("*") if p.is_file()}
+    if data.info_csv is not None and Path(data.info_csv).is_absolute():
+        files.add(Path(data.info_csv))
+    if data.source == "nifti":
+        files.update(nifti.listed_files(data))
+    return sorted(files)
+
+
+def files_digest(data) -> str:
+    """A hash of the source files' names, sizes and modification times: an edited, added or removed file changes it."""
+    h = hashlib.sha256()
+    for path in source_files(data):
+        stat = path.stat() if path.exists() else None
+        h.update(f"{path}\0{stat.st_size if stat else -1}\0{stat.st_mtime_ns if stat else -1}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def _data_digest(params) -> str:
-    payload = {"data": params.data.model_dump(mode="json"), "seed": params.seed}
+    payload = {"data": params.data.model_dump(mode="json"), "seed": params.seed, "files": files_digest(params.data)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cached(paths: RunPaths, digest: str) -> bool:
+    """Whether the run folder holds a complete processed data set made from the same params and source files."""
+    manifest = paths.data / MANIFEST
+    if not manifest.exists() or json.loads(manifest.read_text()).get("digest") != digest:
+        return False
+    return all(p.exists() for p in (paths.data / SLICES_FILE, paths.data / METADATA_FILE, paths.splits))
 
 
 def build_slices(params, data_dir: str | Path | None = None) -> SliceSet:
@@ -68,11 +98,17 @@ def build_slices(params, data_dir: str | Path | None = None) -> SliceSet:
     data = params.data
     parts: list[SliceSet] = []
     skipped: list[dict[str, str]] = []
+    seen: dict[tuple[str, str], str] = {}  # (patient, phase) -> the file it came from
     for item in tqdm(SOURCES[data.source](data, params.seed), desc=f"preprocessing {data.source} volumes", unit="vol"):
         where = item.source
         try:
             vol = item.load() if isinstance(item, Case) else item
             where = vol.source
+            key = (vol.patient, vol.phase)
+            if key in seen:
+                raise DuplicateCaseError(f"{vol.source}: patient {vol.patient} ({vol.phase}) is given twice, also by "
+                                         f"{seen[key]}; keep one copy below data.root")
+            seen[key] = vol.source
             parts.append(preprocess_volume(vol, image_size=data.image_size, crop_mm=data.crop_mm,
                                            spacing_mm=data.spacing_mm, percentiles=data.intensity_percentiles))
         except BadCaseError as exc:
@@ -93,12 +129,16 @@ def build_slices(params, data_dir: str | Path | None = None) -> SliceSet:
 
 
 def prepare(params, paths: RunPaths, *, force: bool = False) -> SliceSet:
-    """Build (or reuse) the processed slices and the splits for a run; returns the slices with their split."""
+    """Build (or reuse) the processed slices and the splits for a run; returns the slices with their split.
+
+    The processed set is reused when the data params, the seed and the source files (names, sizes, modification
+    times) are those it was made from and all its files exist; ``force`` rebuilds it regardless."""
     digest = _data_digest(params)
     manifest_path = paths.data / MANIFEST
-    if not force and manifest_path.exists() and json.loads(manifest_path.read_text()).get("digest") == digest and paths.splits.exists():
-        log.info("reusing the processed data in %s (data params unchanged)", paths.data)
+    if not force and _cached(paths, digest):
+        log.info("reusing the processed data in %s (data params and source files unchanged)", paths.data)
         return SliceSet.load(paths.data)
+    manifest_path.unlink(missing_ok=True)  # a build that fails half-way leaves no manifest that vouches for it
     slices = build_slices(params, paths.data)
     d = params.data
     splits = make_splits(

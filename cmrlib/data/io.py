@@ -38,6 +38,11 @@ class LayoutError(FileNotFoundError):
     """A data root that is missing or does not hold the expected layout (the message says which and where from)."""
 
 
+class DuplicateCaseError(ValueError):
+    """One patient and phase given twice (a repeated case-list row, a patient at two depths of the root); the message
+    names both places. Never skipped: which copy is right is the user's call."""
+
+
 @dataclass(frozen=True)
 class Orientation:
     """In-plane transform of a ``(slices, rows, cols)`` stack: swap rows/cols, then flip rows, then flip cols."""

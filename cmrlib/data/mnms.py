@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from .io import Case, LayoutError, bad, read_csv, read_pair, require_root
+from .io import Case, DuplicateCaseError, LayoutError, bad, read_csv, read_pair, require_root
 from .records import Volume
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,24 @@ def read_info(path: Path, need_frames: bool) -> dict[str, dict[str, str]]:
     missing = [n for n in needed if cols[n] is None]
     if missing:
         raise LayoutError(f"{path}: the M&Ms information CSV lacks column(s) {missing} (has {list(table.columns)}). {LAYOUT}")
+    phase_col = keys.get("phase")  # the per-frame manifest has a row per subject and phase
     info: dict[str, dict[str, str]] = {}
-    for _, row in table.iterrows():
-        code = str(row[cols["code"]]).strip()
-        if code:
-            info[code] = {n: str(row[c]).strip() for n, c in cols.items() if c is not None and n != "code"}
+    lines: dict[tuple[str, str], int] = {}
+    for i, row in table.iterrows():
+        code, line = str(row[cols["code"]]).strip(), int(i) + 2  # the header is line 1
+        if not code:
+            continue
+        key = (code, str(row[phase_col]).strip() if phase_col else "")
+        if key in lines:
+            raise DuplicateCaseError(f"{path}: line {line} lists subject {code}{' ' + key[1] if key[1] else ''} again "
+                                     f"(first on line {lines[key]}); keep one row")
+        record = {n: str(row[c]).strip() for n, c in cols.items() if c is not None and n != "code"}
+        if code in info and info[code]["vendor"] != record["vendor"]:
+            first = min(v for k, v in lines.items() if k[0] == code)
+            raise DuplicateCaseError(f"{path}: line {line} gives subject {code} vendor {record['vendor']!r}, line "
+                                     f"{first} vendor {info[code]['vendor']!r}; one subject has one vendor")
+        lines[key] = line
+        info.setdefault(code, record)
     return info
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from .io import Case, LayoutError, bad, read_csv, read_pair, require_root
+from .io import Case, DuplicateCaseError, LayoutError, bad, read_csv, read_pair, require_root
 from .records import Volume
 
 DATASET = "nifti"
@@ -32,6 +32,18 @@ def _load(row: dict[str, str], base: Path, line: int, csv: Path) -> Volume:
                   phase=row["phase"], spacing=spacing, source=str(image), extra={"frame": frame})
 
 
+def listed_files(data) -> list[Path]:
+    """The files the case list names by absolute path (outside ``data.root``); the list itself if it is outside."""
+    csv = Path(data.csv)
+    if not csv.is_absolute():
+        csv = Path(data.root) / csv
+    files = [] if csv.is_relative_to(data.root) else [csv]
+    if csv.is_file():
+        table = read_csv(csv, "case list")
+        files += [Path(v) for col in ("image", "label") if col in table for v in table[col] if Path(v).is_absolute()]
+    return files
+
+
 def volumes(data, seed: int = 0) -> Iterator[Case]:
     root = require_root(data.root, "NIfTI folder", LAYOUT)
     csv = Path(data.csv) if Path(data.csv).is_absolute() else root / data.csv
@@ -44,6 +56,19 @@ def volumes(data, seed: int = 0) -> Iterator[Case]:
     bad_phase = sorted(set(table["phase"]) - {"ED", "ES"})
     if bad_phase:
         raise LayoutError(f"{csv}: phase must be ED or ES, found {bad_phase}")
-    for i, row in enumerate(table.to_dict("records")):
+    rows = table.to_dict("records")
+    first_line: dict[tuple[str, str], int] = {}
+    for i, row in enumerate(rows):
+        line = i + 2  # the header is line 1
+        key = (row["patient"], row["phase"])
+        if key in first_line:
+            raise DuplicateCaseError(f"{csv}: line {line} repeats patient {row['patient']} ({row['phase']}) of line "
+                                     f"{first_line[key]}; keep one row per patient and phase")
+        first_line[key] = line
+        for column in ("image", "label"):
+            if not Path(row[column]).is_absolute() and not (csv.parent / row[column]).resolve().is_relative_to(root.resolve()):
+                raise LayoutError(f"{csv}: line {line}: {column} {row[column]!r} leads outside data.root {root}; "
+                                  "relative paths stay inside the root (give a file elsewhere by its absolute path)")
+    for i, row in enumerate(rows):
         if row["phase"] in data.phases:
             yield Case(str(csv.parent / row["image"]), lambda row=row, i=i: _load(row, csv.parent, i + 2, csv))

@@ -27,6 +27,8 @@ def check_volume(vol: Volume) -> None:
         raise BadCaseError(f"{where}: image contains NaN or infinite values")
     if float(vol.image.max()) == float(vol.image.min()):
         raise BadCaseError(f"{where}: image is constant ({float(vol.image.min())})")
+    if vol.mask.dtype.kind == "f" and not np.isfinite(vol.mask).all():
+        raise BadCaseError(f"{where}: the label map contains NaN or infinite values")
     labels = np.unique(vol.mask)
     unknown = [int(v) for v in labels if v < 0 or v >= NUM_CLASSES or v != int(v)]
     if unknown:

