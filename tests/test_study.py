@@ -131,23 +131,6 @@ def test_a_configuration_a_later_stage_cannot_serve_fails_before_the_first_stage
     assert "50_privacy: the calibrated membership attack" in capsys.readouterr().err
 
 
-def test_the_needs_of_later_stages_are_checked_on_the_data_stage_counts(tmp_path):
-    """A real source's set sizes are known only after 00_data: the check then uses splits.json and the metadata."""
-    from cmrlib import params, preflight
-
-    (tmp_path / "splits.json").write_text(json.dumps({"sets": {"train": ["a", "b"], "holdout": ["c"], "test": ["d"],
-                                                               "cross_X": ["e"]}}))
-    rows = [("a", "train")] * 3 + [("b", "train")] * 2 + [("c", "holdout"), ("d", "test"), ("e", "cross_X")]
-    (tmp_path / "metadata.csv").write_text("patient,split\n" + "\n".join(f"{p},{s}" for p, s in rows) + "\n")
-    counts = preflight.counts_from_run(tmp_path / "splits.json", tmp_path / "metadata.csv")
-    assert counts.patients == {"train": 2, "holdout": 1, "test": 1, "cross_X": 1} and counts.train_slices == [3, 2]
-    found = preflight.problems(params.load(REPO / "params/smoke.yaml"), counts)
-    assert any(f.startswith("50_privacy") and "data.n_holdout_patients >= 2" in f for f in found)
-    assert any(f.startswith("50_privacy") and "cross_X" in f and "data.n_cross_patients" in f for f in found)
-    assert not any("generators.ddpm.train.batch_size" in f for f in found)  # 4 of the 5 training slices: fine
-    assert any("utility.segmenter.batch_size = 4 exceeds the 3 slices of the 2 real patient" in f for f in found)
-
-
 def test_a_study_without_a_cross_domain_set_runs_to_its_paper(smoke_run):
     """The common real-data case (one data set, one domain, ``cross_domains: []``) on the smoke run's data: the same
     training patients, so every training resumes from the copied finished checkpoints; every stage runs again."""
