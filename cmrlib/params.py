@@ -110,7 +110,7 @@ class DataParams(_Section):
         return self
 
 
-# -- generators (DESIGN.md section 4) ------------------------------------------------------------------------------
+# -- generators ------------------------------------------------------------------------------
 DiffusionSampler = Literal["ancestral", "ddim", "dpmsolver++"]  # cmrlib.models.diffusion.SAMPLERS
 FlowSampler = Literal["euler", "midpoint", "heun"]  # cmrlib.models.flow.SAMPLERS
 
@@ -245,7 +245,7 @@ ARMS = ("ddpm", "ldm", "fm")
 
 
 
-# -- fidelity (DESIGN.md section 5; cmrlib.fidelity, notebook 30_fidelity) ------------------------------------------
+# -- fidelity (cmrlib.fidelity, notebook 30_fidelity) ------------------------------------------
 class SegmenterParams(_Section):
     """The reference segmenter of the fidelity axis: a DynUNet trained on the real training patients only; the
     ``seg`` feature space and the judge of mask faithfulness."""

@@ -7,7 +7,7 @@ once, and ``loss`` takes its output. :func:`train` owns everything else:
 AdamW, a linear warm-up then cosine decay to 0, gradient clipping, an EMA with warm-up, a tqdm bar, the loss log
 ``loss.csv``, atomic checkpoints and automatic, bit-exact resume. Budgets are in optimisation steps, and copies of
 the checkpoint are kept at fractions of the budget (``step_0000250.pt`` ...) so that evaluation can report every
-axis against training compute (DESIGN.md section 4).
+axis against training compute.
 
 Run folder written by :func:`train`::
 

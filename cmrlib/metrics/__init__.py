@@ -1,4 +1,4 @@
-"""Fidelity metrics (DESIGN.md section 5), one module per concern; :mod:`cmrlib.fidelity` puts them together.
+"""Fidelity metrics, one module per concern; :mod:`cmrlib.fidelity` puts them together.
 
 - :mod:`.features`: feature spaces by name (``seg``: the run's reference segmenter; ``inception``: the FID InceptionV3);
 - :mod:`.distribution`: FID, KID, precision / recall / density / coverage between feature sets;

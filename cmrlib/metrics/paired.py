@@ -69,8 +69,7 @@ def paired_metrics(pred: np.ndarray, target: np.ndarray, kernel_size: int = 5) -
 
 
 def mean_image(images: np.ndarray) -> np.ndarray:
-    """The pixel-wise mean of a set of images: the constant-image baseline of the paired metrics (DESIGN.md
-    section 5: paired PSNR/SSIM reward blur, so a generator must beat the same mean image given for every mask)."""
+    """The pixel-wise mean of a set of images: the constant-image baseline of the paired metrics (paired PSNR/SSIM reward blur, so a generator must beat the same mean image given for every mask)."""
     return np.asarray(images, dtype=np.float64).mean(0).astype(np.float32)
 
 

@@ -1,4 +1,4 @@
-"""Privacy metrics (DESIGN.md section 5): exact nearest neighbours, copy flags, distance to closest record and
+"""Privacy metrics: exact nearest neighbours, copy flags, distance to closest record and
 membership-inference scores. Pure functions of arrays; :mod:`cmrlib.privacy` applies them to a run.
 
 Conventions:
