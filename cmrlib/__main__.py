@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import export
-from .params import ARMS
+from . import export, registry
 from .training import CheckpointError
 
 
@@ -21,12 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="new image/mask pairs from a trained run (stage-1 masks, then the arm)")
     gen.add_argument("run")
-    gen.add_argument("--arm", required=True, choices=ARMS)
+    gen.add_argument("--arm", required=True, choices=registry.names())
     gen.add_argument("--n", type=int, required=True)
     gen.add_argument("--seed", type=int, default=None, help="default: the run's seed")
     exp = sub.add_parser("export", help="write a sample set with its data card, behind the privacy gate")
     exp.add_argument("run")
-    exp.add_argument("--arm", required=True, choices=ARMS)
+    exp.add_argument("--arm", required=True, choices=registry.names())
     exp.add_argument("--format", required=True, choices=export.FORMATS)
     exp.add_argument("--out", required=True)
     exp.add_argument("--samples", default="synthetic", help="which set of samples/<arm>/ (default: synthetic; or generated_n<N>_seed<S>)")

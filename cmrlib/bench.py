@@ -4,7 +4,7 @@
                            [--repeats 5] [--out runs/bench.json] [--mixed-precision no|bf16]
                            [--sections training,sampling,...] [--quick]
 
-Everything runs where the study trains: the GPU if there is one, else the CPU (:func:`cmrlib.generation.device`).
+Everything runs where the study trains: the GPU if there is one, else the CPU (:func:`cmrlib.models.device`).
 Sections (medians over ``--repeats``; peak memory of the process as it grows):
 
 - ``peak``: this machine's float32 matrix-product rate (a 2048 x 2048 product), the ceiling for the rates below; on
@@ -44,17 +44,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import generation, training
-from .data.records import write_json
+from . import generation, registry, training
+from .jsonio import write_json
 from .labels import NUM_CLASSES
-from .models import one_hot
+from .models import device, one_hot
 from .parallel import map_jobs
-from .params import ARMS, StudyParams
+from .params import StudyParams
 from .params import load as load_params
 from .paths import project_root, runs_root
 
 
-DEVICE = generation.device()
+DEVICE = device()
 ON_GPU = DEVICE.type == "cuda"
 
 
@@ -106,9 +106,8 @@ def _models(params: StudyParams) -> dict[str, tuple[torch.nn.Module, object]]:
     from .utility import build_segmenter
 
     out = {"mask_prior": (generation.build_mask_prior(params), params.generators.mask_prior.train)}
-    for arm in ARMS:
-        model = generation.build_arm(params, arm)
-        out[arm] = (model, params.generators.arm(arm).train)
+    for arm in registry.names():
+        out[arm] = (generation.build_arm(params, arm), registry.get(arm).params(params).train)
     out["segmentation"] = (build_segmenter(params), params.utility.segmenter)
     return out
 
@@ -162,7 +161,8 @@ def training_table(params: StudyParams, repeats: int, peak: float, size_name: st
         cond = None if name == "mask_prior" else masks
         if name == "mask_prior":
             x = masks * 2 - 1
-        if name == "ldm":  # the latent UNet trains on latents of the frozen autoencoder
+        arm = registry.get(name) if name in registry.names() else None
+        if arm is not None and arm.autoencoder:  # the latent UNet trains on latents of the frozen autoencoder
             model.autoencoder.requires_grad_(False)
             model.set_latent_scale(x)
         with tempfile.TemporaryDirectory() as tmp:
@@ -172,9 +172,8 @@ def training_table(params: StudyParams, repeats: int, peak: float, size_name: st
         row = {"size": size_name, "model": name, "params_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
                "batch": batch_size, "s_per_step": ours, "images_per_s": batch_size / ours, "gflop_per_step": flops / 1e9,
                "achieved_gflops": flops / ours / 1e9, "pct_of_peak": 100 * flops / ours / 1e9 / peak}
-        if name in ARMS:
-            unet = model.diffusion.net if name == "ldm" else model.net
-            ref = _median_time(_reference_step(unet, bx, bc), repeats)
+        if arm is not None:
+            ref = _median_time(_reference_step(model.denoiser, bx, bc), repeats)
             row.update({"reference_s_per_step": ref, "ours_vs_reference": ref / ours})
         rows.append(row)
         print(f"  {size_name} {name}: {ours:.3f} s/step", flush=True)
@@ -189,7 +188,7 @@ def _plain_step_seconds(params: StudyParams, steps: int, name: str) -> float:
 
     torch.manual_seed(0)
     model = (build_segmenter(params) if name == "segmentation" else generation.build_arm(params, name)).to(DEVICE)
-    budget = params.utility.segmenter if name == "segmentation" else params.generators.arm(name).train
+    budget = params.utility.segmenter if name == "segmentation" else registry.get(name).params(params).train
     g = torch.Generator().manual_seed(0)
     x, masks = _batch(params, budget.batch_size, g)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -205,9 +204,9 @@ def _plain_step_seconds(params: StudyParams, steps: int, name: str) -> float:
 
 def processes_table(params: StudyParams, steps: int, workers: int = 2) -> pd.DataFrame:
     """Training throughput of one process on every thread against ``workers`` processes at once, each on
-    threads / workers (what ``utility.workers`` does): the segmentation network and the DDPM arm's UNet."""
+    threads / workers (what ``utility.workers`` does): the segmentation network and the first arm's model."""
     rows = []
-    for name in ("segmentation", "ddpm"):
+    for name in ("segmentation", registry.names()[0]):
         one = _plain_step_seconds(params, steps, name)
         together = map_jobs(_plain_step_seconds, [name] * workers, workers, (params, steps), f"bench {name}")
         rows.append({"model": name, "threads": torch.get_num_threads(), "s_per_step": one, "processes": workers,
@@ -217,9 +216,6 @@ def processes_table(params: StudyParams, steps: int, workers: int = 2) -> pd.Dat
 
 
 # -- sampling ----------------------------------------------------------------------------------------------------------
-SAMPLERS = {"ddpm": ("ancestral", "ddim", "dpmsolver++"), "ldm": ("ancestral", "ddim", "dpmsolver++"), "fm": ("euler", "midpoint", "heun")}
-
-
 def sampling_table(params: StudyParams, steps: list[int], n_images: int, run: Path | None) -> pd.DataFrame:
     g = torch.Generator().manual_seed(0)
     _, masks = _batch(params, n_images, g)
@@ -227,11 +223,12 @@ def sampling_table(params: StudyParams, steps: list[int], n_images: int, run: Pa
     if run is not None and (run / "tables" / "fidelity_steps.csv").is_file():
         quality = pd.read_csv(run / "tables" / "fidelity_steps.csv")
     rows = []
-    for arm in ARMS:
+    for arm in registry.names():
+        spec = registry.get(arm)
         model = generation.build_arm(params, arm).to(DEVICE).eval()
-        if arm == "ldm":
+        if spec.autoencoder:
             model.set_latent_scale(torch.rand(4, 1, params.data.image_size, params.data.image_size, device=DEVICE))
-        for sampler in SAMPLERS[arm]:
+        for sampler in spec.samplers:
             for n_steps in steps:
                 gen = torch.Generator(device=DEVICE).manual_seed(0)
                 seconds = _median_time(lambda: model.sample(masks, sampler=sampler, steps=n_steps, generator=gen), 1, warmup=0)
@@ -254,7 +251,8 @@ def metrics_table(params: StudyParams, sizes: list[int], repeats: int) -> pd.Dat
     g = torch.Generator().manual_seed(0)
     rows = []
     space = metrics.seg_features(build_segmenter(params).to(DEVICE).eval())
-    arm = generation.build_arm(params, "ddpm").to(DEVICE).eval()
+    first = registry.names()[0]
+    arm = generation.build_arm(params, first).to(DEVICE).eval()
     for n in sizes:
         images = (torch.rand(n, size, size, generator=g) * 2 - 1).numpy()
         rows.append({"what": "seg features", "n": n, "seconds": _median_time(lambda: space(images), 1, warmup=0)})
@@ -268,7 +266,7 @@ def metrics_table(params: StudyParams, sizes: list[int], repeats: int) -> pd.Dat
                 for i in range(0, n, 256):
                     arm.error_at(x[i : i + 256], cond[i : i + 256], 1.0, torch.Generator(device=DEVICE).manual_seed(0))
 
-            rows.append({"what": "membership errors (DDPM, 1 level, 1 draw)", "n": n, "seconds": _median_time(errors, 1, warmup=0)})
+            rows.append({"what": f"membership errors ({registry.label(first)}, 1 level, 1 draw)", "n": n, "seconds": _median_time(errors, 1, warmup=0)})
         print(f"  metrics at {n} images done", flush=True)
     return pd.DataFrame(rows)
 

@@ -26,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, generation
-from .data.records import write_json
+from . import __version__, generation, registry
+from .jsonio import write_json
 from .labels import CLASSES
-from .params import ARMS, StudyParams
+from .params import StudyParams
 from .params import load as load_params
 from .paths import RunPaths, current_umask
+from .seeds import seed_for
+from .stats import format_interval
 
 FORMATS = ("nifti", "nnunet", "npz")
 
@@ -52,8 +54,7 @@ def open_run(run: str | Path) -> tuple[StudyParams, RunPaths]:
 
 
 def _check_arm(arm: str) -> None:
-    if arm not in ARMS:
-        raise ValueError(f"unknown arm {arm!r}; choose one of: {', '.join(ARMS)}")
+    registry.get(arm)  # an unknown arm is a ValueError naming the registered ones
 
 
 def generate(run: str | Path, arm: str, n: int, seed: int | None = None) -> Path:
@@ -62,10 +63,10 @@ def generate(run: str | Path, arm: str, n: int, seed: int | None = None) -> Path
     params, paths = open_run(run)
     seed = params.seed if seed is None else seed
     prior, _ = generation.load_arm(params, paths, "mask_prior")
-    masks = generation.sample_masks(prior, n, params.generators.mask_prior.sample, generation.seed_for(seed, "generate", "masks"))
+    masks = generation.sample_masks(prior, n, params.generators.mask_prior.sample, seed_for(seed, "generate", "masks"))
     model, ckpt = generation.load_arm(params, paths, arm)
-    sampling = params.generators.arm(arm).sample
-    image_seed = generation.seed_for(seed, "generate", arm)
+    sampling = registry.get(arm).params(params).sample
+    image_seed = seed_for(seed, "generate", arm)
     start = time.perf_counter()
     images = generation.generate(model, masks, sampling, image_seed, desc=f"{arm} generate")
     record = generation.sample_record("generated", image_seed, sampling, ckpt, start)
@@ -160,7 +161,7 @@ def data_card(params: StudyParams, paths: RunPaths, arm: str, samples: str, n: i
 def _card_markdown(card: dict) -> str:
     gate = card["privacy_gate"]
     verdict = "passed" if gate["passed"] else f"FAILED, exported by override: {gate['override']}"
-    lines = [f"# Synthetic cardiac MRI: {card['arm'].upper()}, {card['n']} image/mask pairs", "",
+    lines = [f"# Synthetic cardiac MRI: {registry.label(card['arm'])}, {card['n']} image/mask pairs", "",
              f"- run `{card['run']['name']}` (params digest {card['run']['params_digest']}), cmrlib {card['cmrlib_version']}",
              f"- trained on {card['training_data']['train_patients']} patients ({card['training_data']['source']}, "
              f"domains {', '.join(card['training_data']['domains'])}), {card['training_data']['image_size']} px",
@@ -168,8 +169,7 @@ def _card_markdown(card: dict) -> str:
              f"weights of step {card['generation']['checkpoint_step']}; masks: {card['masks']}",
              f"- privacy gate: {verdict} ({'; '.join(gate['failures']) or 'all numbers within the thresholds'})", "",
              "## Fidelity", ""]
-    lines += [f"- {k}: {v['estimate']:.3f}" + (f" [{v['low']:.3f}, {v['high']:.3f}]" if v.get("low") is not None else "")
-              for k, v in card["fidelity"].items()] or ["- not measured (run 30_fidelity)"]
+    lines += [f"- {k}: {format_interval(v['estimate'], v.get('low'), v.get('high'))}" for k, v in card["fidelity"].items()] or ["- not measured (run 30_fidelity)"]
     lines += ["", "## Privacy", ""]
     lines += [f"- {k}: {v:.3f}" for k, v in card["privacy"].items() if isinstance(v, float)] or ["- not measured"]
     return "\n".join(lines) + "\n"
@@ -206,7 +206,7 @@ def export(run: str | Path, arm: str, fmt: str, out: str | Path, samples: str = 
                 write_json(partial / "dataset.json", {
                     "channel_names": {"0": "MRI"}, "labels": {name: value for value, name in CLASSES.items()},
                     "numTraining": len(cases), "file_ending": ".nii.gz",
-                    "name": f"synthetic_cmr_{arm}", "description": f"synthetic short-axis CMR from the {arm.upper()} arm of run {params.run_name}"})
+                    "name": f"synthetic_cmr_{arm}", "description": f"synthetic short-axis CMR from the {registry.label(arm)} arm of run {params.run_name}"})
         os.replace(partial, out)  # an empty `out` is replaced; POSIX renames a folder onto an empty one
     finally:
         if partial.exists():

@@ -30,59 +30,24 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from . import generation, metrics, report, training
-from .data.records import SliceSet, write_json
+from . import generation, metrics, registry, report, training
+from .data.records import SliceSet
+from .jsonio import write_json
 from .labels import FOREGROUND
-from .models import SegmentationModel, one_hot
-from .params import ARMS, StudyParams
+from .models import SegmentationModel
+from .params import StudyParams
 from .paths import RunPaths
-from .stats import bootstrap_mean
+from .seeds import seed_for
+from .segmenters import mask_faithfulness
+from .stats import bootstrap_mean, format_interval
 
 STAGE = "30_fidelity"
-SEGMENTER_DIR = "reference_segmenter"
 STRUCTURES = list(FOREGROUND.values())  # LV, MYO, RV
 DICE = [f"dice_{s}" for s in STRUCTURES]
 METRICS = ["fid", "fid_paired", "kid", "precision", "recall", "density", "coverage", "psnr", "ssim", "ms_ssim", "lpips",
            *DICE, "dice_mean", "diversity_ms_ssim"]
 LOWER_IS_BETTER = {"fid", "fid_paired", "kid", "diversity_ms_ssim"}
-
-
-# -- the reference segmenter ---------------------------------------------------------------------------------------
-def build_segmenter(params: StudyParams) -> SegmentationModel:
-    return SegmentationModel(widths=params.fidelity.segmenter.widths)
-
-
-def segmenter_config(params: StudyParams) -> training.TrainConfig:
-    p = params.fidelity.segmenter
-    return training.TrainConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
-                                warmup_steps=p.warmup_steps, ema_max_decay=0.999, checkpoint_every=max(1, p.steps // 4),
-                                keep_fractions=(1.0,), seed=generation.seed_for(params.seed, "train", SEGMENTER_DIR))
-
-
-def reference_segmenter(params: StudyParams, paths: RunPaths, slices: SliceSet) -> tuple[SegmentationModel, training.TrainResult]:
-    """Train (or resume, or load when done) the reference segmenter on the real training patients only
-    (``slices.split("train")``), in ``checkpoints/reference_segmenter/``; returns it with its EMA weights, in eval mode."""
-    train = slices.split("train")
-    model = build_segmenter(params)
-    x = torch.from_numpy(train.images)[:, None]
-    result = training.train(model, x, one_hot(torch.from_numpy(train.masks)), segmenter_config(params),
-                            paths.checkpoints / SEGMENTER_DIR, desc="reference segmenter")
-    training.load_checkpoint(result.last, model, weights="ema")
-    return model.to(generation.device()).eval(), result
-
-
-def segment(segmenter: SegmentationModel, images: np.ndarray) -> np.ndarray:
-    """(N, H, W) images in [-1, 1] -> (N, H, W) predicted labels."""
-    dev = next(segmenter.parameters()).device
-    return segmenter.predict(torch.as_tensor(np.asarray(images, dtype=np.float32))[:, None].to(dev)).cpu().numpy()
-
-
-def mask_faithfulness(segmenter: SegmentationModel, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Dice per structure (LV, MYO, RV) between the conditioning masks and the segmenter's prediction on the images;
-    (N, 3), NaN where a structure is absent from both."""
-    return metrics.dice_per_structure(segment(segmenter, images), masks)
 
 
 def _with_mean(dice: np.ndarray) -> np.ndarray:
@@ -138,7 +103,7 @@ def _row(set_name: str, metric: str, estimate: float, low: float = math.nan, hig
 
 def _boot_rows(set_name: str, names: list[str], values: np.ndarray, groups, params: StudyParams, seed_name: str, what: str) -> list[dict]:
     f = params.fidelity
-    intervals = bootstrap_mean(values, groups, n_boot=f.bootstrap, level=f.confidence, seed=generation.seed_for(params.seed, "bootstrap", seed_name))
+    intervals = bootstrap_mean(values, groups, n_boot=f.bootstrap, level=f.confidence, seed=seed_for(params.seed, "bootstrap", seed_name))
     return [_row(set_name, name, iv.estimate, iv.low, iv.high, f"{iv.level:.0%} bootstrap over {iv.n_groups} {what}, {f.bootstrap} draws", len(values))
             for name, iv in zip(names, intervals)]
 
@@ -146,7 +111,7 @@ def _boot_rows(set_name: str, names: list[str], values: np.ndarray, groups, para
 def distribution_rows(set_name: str, real: np.ndarray, fake: np.ndarray, params: StudyParams) -> list[dict]:
     """FID, KID (mean +- std over subsets), precision / recall / density / coverage of ``fake`` against ``real``."""
     f = params.fidelity
-    k = metrics.kid(real, fake, n_subsets=f.kid_subsets, subset_size=f.kid_subset_size, seed=generation.seed_for(params.seed, "kid", set_name))
+    k = metrics.kid(real, fake, n_subsets=f.kid_subsets, subset_size=f.kid_subset_size, seed=seed_for(params.seed, "kid", set_name))
     out = [_row(set_name, "fid", metrics.fid(real, fake), n=len(fake)),
            _row(set_name, "kid", k["mean"], k["mean"] - k["std"], k["mean"] + k["std"],
                 f"mean +- 1 std over {k['n_subsets']} subsets of {k['subset_size']}", len(fake))]
@@ -157,7 +122,7 @@ def distribution_rows(set_name: str, real: np.ndarray, fake: np.ndarray, params:
 
 def _diversity_rows(set_name: str, images: np.ndarray, params: StudyParams) -> list[dict]:
     f = params.fidelity
-    values = metrics.diversity(images, f.diversity_pairs, generation.seed_for(params.seed, "diversity", set_name), f.kernel_size)
+    values = metrics.diversity(images, f.diversity_pairs, seed_for(params.seed, "diversity", set_name), f.kernel_size)
     return _boot_rows(set_name, ["diversity_ms_ssim"], values, None, params, f"diversity/{set_name}", "image pairs")
 
 
@@ -207,10 +172,12 @@ def evaluate_references(params: StudyParams, ref: Reference, segmenter: Segmenta
     return out
 
 
-def evaluate(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: SegmentationModel, arms=ARMS,
+def evaluate(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: SegmentationModel, arms=None,
              degraded: bool = True) -> pd.DataFrame:
-    """Every metric of every arm, then (``degraded``) of each arm's earliest kept checkpoint (``<arm>@<step>``, the
-    under-trained control every metric should rank below), then the ``real`` and ``mean image`` reference rows."""
+    """Every metric of every arm (default: every registered one), then (``degraded``) of each arm's earliest kept
+    checkpoint (``<arm>@<step>``, the under-trained control every metric should rank below), then the ``real`` and
+    ``mean image`` reference rows."""
+    arms = registry.names() if arms is None else arms
     rows = []
     for arm in arms:
         rows += evaluate_arm(params, paths, arm, ref, segmenter)
@@ -227,15 +194,8 @@ def evaluate(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: Se
 
 def summary(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """Wide view: one row per metric, one column per set, ``estimate [low, high]`` where there is an interval."""
-    def fmt(v: float) -> str:
-        return f"{v:.{digits - 1}e}" if v != 0 and abs(v) < 10 ** -(digits - 1) else f"{v:.{digits}f}"
-
-    def cell(r) -> str:
-        if not np.isfinite(r.estimate):
-            return "n/a" if np.isnan(r.estimate) else str(r.estimate)
-        return fmt(r.estimate) + (f" [{fmt(r.low)}, {fmt(r.high)}]" if np.isfinite(r.low) and np.isfinite(r.high) else "")
-
-    wide = table.assign(cell=[cell(r) for r in table.itertuples()]).pivot(index="metric", columns="set", values="cell")
+    cells = [format_interval(r.estimate, r.low, r.high, digits) for r in table.itertuples()]
+    wide = table.assign(cell=cells).pivot(index="metric", columns="set", values="cell")
     order = [m for m in METRICS if m in wide.index]
     sets = [s for s in table["set"].unique()]
     return wide.loc[order, sets].fillna("")
@@ -250,7 +210,7 @@ def dice_table(table: pd.DataFrame) -> pd.DataFrame:
 
 # -- steps against quality; quality against training step ----------------------------------------------------------
 def _subset(params: StudyParams, n: int) -> np.ndarray:
-    rng = np.random.default_rng(generation.seed_for(params.seed, "fidelity", "steps_subset"))
+    rng = np.random.default_rng(seed_for(params.seed, "fidelity", "steps_subset"))
     return np.sort(rng.choice(n, size=min(params.fidelity.steps_n_images, n), replace=False))
 
 
@@ -262,29 +222,18 @@ def _quality(ref: Reference, images: np.ndarray, dice: np.ndarray) -> dict:
     return {"fid_seg": metrics.fid(ref.seg_features, ref.seg_space(images)), **dict(zip(DICE + ["dice_mean"], means.tolist()))}
 
 
-REFERENCE_FLOW_STEPS = 1000  # the flow arm's reference: its ODE solved with this many Euler steps
-
-
-def reference_sampling(params: StudyParams, arm: str):
-    """The arm's 1000-step reference, against which a short sampler is judged: ancestral sampling of the whole trained
-    chain (``schedule.num_train_timesteps``) for the diffusion arms, the ODE solved with 1000 Euler steps for FM."""
-    p = params.generators.arm(arm)
-    if arm == "fm":
-        return p.sample.model_copy(update={"sampler": "euler", "steps": REFERENCE_FLOW_STEPS})
-    return p.sample.model_copy(update={"sampler": "ancestral", "steps": p.schedule.num_train_timesteps})
-
-
 def sampling_grid(params: StudyParams, arm: str) -> list:
     """The sampling settings of the steps curve: the arm's sampler at each of ``fidelity.steps_grid``, then its
-    1000-step reference (:func:`reference_sampling`) when ``fidelity.reference_sampling``."""
-    sample = params.generators.arm(arm).sample
+    1000-step reference (:meth:`cmrlib.registry.Arm.reference_sampling`) when ``fidelity.reference_sampling``."""
+    spec = registry.get(arm)
+    sample = spec.params(params).sample
     grid = [sample.model_copy(update={"steps": s}) for s in params.fidelity.steps_grid]
     if params.fidelity.reference_sampling:
-        grid.append(reference_sampling(params, arm))
+        grid.append(spec.reference_sampling(params))
     return grid
 
 
-def steps_against_quality(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: SegmentationModel, arms=ARMS) -> pd.DataFrame:
+def steps_against_quality(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: SegmentationModel, arms=None) -> pd.DataFrame:
     """For each arm (final weights) and sampling setting: FID (seg space, against all real test images), mask
     faithfulness of ``fidelity.steps_n_images`` test masks regenerated with that setting (mean Dice with its bootstrap
     interval over their patients), and seconds per image. Every setting of an arm starts from the same noise.
@@ -293,6 +242,7 @@ def steps_against_quality(params: StudyParams, paths: RunPaths, ref: Reference, 
     true), and each setting gets ``dice_vs_reference``: its mean Dice minus the reference's on the same masks, with a
     paired bootstrap interval over patients; ``reaches_reference`` when that interval reaches 0 or above (the setting
     is not measurably worse than the reference)."""
+    arms = registry.names() if arms is None else arms
     idx = _subset(params, len(ref.masks))
     masks, patients = ref.masks[idx], ref.patients[idx]
     f = params.fidelity
@@ -302,7 +252,7 @@ def steps_against_quality(params: StudyParams, paths: RunPaths, ref: Reference, 
         grid = sampling_grid(params, arm)
         dice = []
         for sampling in grid:
-            seed = generation.seed_for(params.seed, "fidelity", "steps", arm)
+            seed = seed_for(params.seed, "fidelity", "steps", arm)
             start = time.perf_counter()
             images = generation.generate(model, masks, sampling, seed, desc=f"{arm} {sampling.sampler} {sampling.steps} steps")
             seconds = time.perf_counter() - start
@@ -324,9 +274,10 @@ def steps_against_quality(params: StudyParams, paths: RunPaths, ref: Reference, 
     return pd.DataFrame(rows)
 
 
-def quality_against_training_step(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: SegmentationModel, arms=ARMS) -> pd.DataFrame:
+def quality_against_training_step(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: SegmentationModel, arms=None) -> pd.DataFrame:
     """FID (seg space) and mask faithfulness (with its bootstrap interval over test patients) of the paired set of every
     kept checkpoint (``paired_step<N>.npz``), with the training wall time the checkpoint had cost."""
+    arms = registry.names() if arms is None else arms
     rows = []
     for arm in arms:
         table = generation.samples_table(paths, arm).set_index("file")
@@ -356,7 +307,7 @@ def save(params: StudyParams, paths: RunPaths, ref: Reference, table: pd.DataFra
     report.save_table(checkpoints, paths.tables, "fidelity_checkpoints", index=False)
     counts = dict(ref.counts)
     for arm in table["set"].unique():
-        if arm in ARMS:
+        if arm in registry.names():
             counts[f"{arm}_paired"] = int(table[(table.set == arm) & (table.metric == "psnr")]["n"].iloc[0])
             counts[f"{arm}_synthetic"] = int(table[(table.set == arm) & (table.metric == "fid")]["n"].iloc[0])
     f = params.fidelity
@@ -378,6 +329,5 @@ def save(params: StudyParams, paths: RunPaths, ref: Reference, table: pd.DataFra
     return write_json(paths.metrics / "fidelity.json", record)
 
 
-__all__ = ["STAGE", "METRICS", "STRUCTURES", "Reference", "build_segmenter", "reference_segmenter", "segment",
-           "mask_faithfulness", "feature_space", "reference", "distribution_rows", "evaluate_arm", "evaluate_references",
-           "evaluate", "summary", "dice_table", "reference_sampling", "sampling_grid", "steps_against_quality", "quality_against_training_step", "save"]
+__all__ = ["STAGE", "METRICS", "STRUCTURES", "Reference", "feature_space", "reference", "distribution_rows", "evaluate_arm", "evaluate_references",
+           "evaluate", "summary", "dice_table", "sampling_grid", "steps_against_quality", "quality_against_training_step", "save"]

@@ -1,7 +1,8 @@
-"""Training and sampling of the study's generators from params: what the notebooks 10 to 22 call.
+"""Training and sampling of the study's generators from params: what the notebooks ``10_mask_prior`` and
+``20_generator`` (once per arm of :mod:`cmrlib.registry`) call.
 
-Checkpoints go to ``checkpoints/<model>/`` (``mask_prior``, ``ddpm``, ``ldm_autoencoder``, ``ldm``, ``fm``) and
-samples to ``samples/<arm>/``:
+Checkpoints go to ``checkpoints/<model>/`` (``mask_prior``, each arm's name, ``<arm>_autoencoder`` for an arm with
+an autoencoder) and samples to ``samples/<arm>/``:
 
 - ``samples/mask_prior/masks.npz``: stage-1 masks (``masks`` uint8, N x H x W);
 - ``samples/<arm>/synthetic.npz``: images generated from the stage-1 masks (``images`` float32 in [-1, 1], ``masks``);
@@ -15,7 +16,6 @@ samples to ``samples/<arm>/``:
 from __future__ import annotations
 
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,33 +23,29 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import models, training
-from .models import one_hot
+from . import models, registry, training
+from .models import device, one_hot
 from .data.records import SliceSet
 from .data import anatomy
 from .labels import NUM_CLASSES, RV
-from .params import ARMS, StudyParams, TrainParams
+from .params import StudyParams, TrainParams
 from .paths import RunPaths, atomic_path
+from .seeds import seed_for
 
-MADE_BY = {"mask_prior": "10_mask_prior", "ddpm": "20_ddpm", "ldm": "21_ldm", "fm": "22_flow_matching"}
-
-
-def device() -> torch.device:
-    """Where models sample: the GPU if there is one, else the CPU (random streams differ between the two)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+MASK_PRIOR = "mask_prior"
+MASK_PRIOR_STAGE = "10_mask_prior"
 
 
-def seed_for(seed: int, *names: str) -> int:
-    """A stable seed per (run seed, purpose), so that each random stream is fixed by the params alone."""
-    return (seed * 1_000_003 + zlib.crc32("/".join(names).encode())) % 2**31
+def made_by(name: str) -> str:
+    """The runner's stage that writes the checkpoints and samples of ``name`` (the mask prior or an arm)."""
+    if name == MASK_PRIOR:
+        return MASK_PRIOR_STAGE
+    return registry.get(name).stage if name in registry.names() else "the generator stages"
 
 
 def train_config(p: TrainParams, seed: int, *names: str) -> training.TrainConfig:
-    return training.TrainConfig(
-        steps=p.steps, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, warmup_steps=p.warmup_steps,
-        grad_clip=p.grad_clip, ema_max_decay=p.ema_max_decay, checkpoint_every=p.checkpoint_every,
-        keep_fractions=tuple(p.keep_fractions), seed=seed_for(seed, "train", *names),
-    )
+    """The loop's config of the budget ``p`` of the model ``names`` (its seed derived from the run's)."""
+    return training.TrainConfig.from_params(p, seed_for(seed, "train", *names))
 
 
 def images_tensor(slices: SliceSet) -> torch.Tensor:
@@ -91,11 +87,11 @@ def sample_masks(model: torch.nn.Module, n: int, sampling, seed: int) -> np.ndar
 def sample_mask_prior(params: StudyParams, paths: RunPaths) -> np.ndarray:
     """Generate ``generators.n_synthetic`` stage-1 masks with the trained prior; save them to ``samples/mask_prior``."""
     p = params.generators.mask_prior
-    model, ckpt = load_arm(params, paths, "mask_prior")
+    model, ckpt = load_arm(params, paths, MASK_PRIOR)
     seed = seed_for(params.seed, "masks")
     start = time.perf_counter()
     masks = sample_masks(model, params.generators.n_synthetic, p.sample, seed)
-    save_samples(paths, "mask_prior", "masks", record=sample_record("stage1", seed, p.sample, ckpt, start), masks=masks)
+    save_samples(paths, MASK_PRIOR, "masks", record=sample_record("stage1", seed, p.sample, ckpt, start), masks=masks)
     return masks
 
 
@@ -112,28 +108,21 @@ def mask_validity(real: np.ndarray, generated: np.ndarray) -> pd.DataFrame:
 
 # -- stage 2: the image arms ------------------------------------------------------------------------------------------
 def build_arm(params: StudyParams, arm: str) -> torch.nn.Module:
-    """The untrained model of an arm (for the LDM, with an untrained autoencoder)."""
-    p = params.generators.arm(arm)
-    size = params.data.image_size
-    if arm == "ddpm":
-        return models.DiffusionModel(data_channels=1, cond_channels=NUM_CLASSES, sample_size=size, unet=p.unet.model_dump(), **p.schedule.model_dump())
-    if arm == "fm":
-        return models.FlowMatchingModel(data_channels=1, cond_channels=NUM_CLASSES, sample_size=size, unet=p.unet.model_dump(), time_sampling=p.time_sampling)
-    ae = p.autoencoder
-    autoencoder = models.Autoencoder(sample_size=size, widths=ae.widths, latent_channels=ae.latent_channels, kl_weight=ae.kl_weight)
-    diffusion = dict(data_channels=ae.latent_channels, cond_channels=NUM_CLASSES, sample_size=autoencoder.latent_size,
-                     unet=p.unet.model_dump(), clip_sample=False, **p.schedule.model_dump())
-    return models.LatentDiffusion(autoencoder=autoencoder.config, diffusion=diffusion)
+    """The untrained model of an arm (:mod:`cmrlib.registry`; for an arm with an autoencoder, an untrained one)."""
+    return registry.get(arm).build(params)
 
 
-def train_autoencoder(params: StudyParams, paths: RunPaths, train: SliceSet, ldm: models.LatentDiffusion) -> training.TrainResult:
-    """Train the LDM's autoencoder on the training patients, put its EMA weights into ``ldm`` (frozen), scale latents."""
-    ae = models.Autoencoder(**{k: v for k, v in ldm.autoencoder.config.items() if k != "family"})
-    cfg = train_config(params.generators.ldm.autoencoder.train, params.seed, "ldm_autoencoder")
-    result = training.train(ae, images_tensor(train), None, cfg, paths.checkpoints / "ldm_autoencoder", desc="LDM autoencoder")
-    training.load_checkpoint(result.last, ldm.autoencoder, weights="ema")
-    ldm.autoencoder.requires_grad_(False)
-    ldm.set_latent_scale(images_tensor(train))
+def train_autoencoder(params: StudyParams, paths: RunPaths, arm: str, train: SliceSet, model: torch.nn.Module) -> training.TrainResult:
+    """Train the autoencoder of ``arm`` (section key ``autoencoder``) on the training patients, put its EMA weights
+    into ``model.autoencoder`` (frozen) and scale the latents."""
+    spec = registry.get(arm)
+    folder = spec.autoencoder_dir
+    ae = models.Autoencoder(**{k: v for k, v in model.autoencoder.config.items() if k != "family"})
+    cfg = train_config(spec.params(params).autoencoder.train, params.seed, folder)
+    result = training.train(ae, images_tensor(train), None, cfg, paths.checkpoints / folder, desc=f"{spec.label} autoencoder")
+    training.load_checkpoint(result.last, model.autoencoder, weights="ema")
+    model.autoencoder.requires_grad_(False)
+    model.set_latent_scale(images_tensor(train))
     return result
 
 
@@ -152,21 +141,27 @@ def autoencoder_report(ldm: models.LatentDiffusion, *sets: SliceSet, names=("tra
 
 
 def train_arm(params: StudyParams, paths: RunPaths, arm: str, train: SliceSet) -> tuple[torch.nn.Module, training.TrainResult]:
+    """Train (or resume) an arm on the training patients, its autoencoder first where it has one."""
+    spec = registry.get(arm)
     model = build_arm(params, arm)
-    if arm == "ldm":
-        train_autoencoder(params, paths, train, model)
-    cfg = train_config(params.generators.arm(arm).train, params.seed, arm)
-    result = training.train(model, images_tensor(train), masks_tensor(train.masks), cfg, paths.checkpoints / arm, desc=arm.upper())
+    if spec.autoencoder:
+        train_autoencoder(params, paths, arm, train, model)
+    cfg = train_config(spec.params(params).train, params.seed, arm)
+    result = training.train(model, images_tensor(train), masks_tensor(train.masks), cfg, paths.checkpoints / arm, desc=spec.label)
     return model, result
 
 
+def sampling_of(params: StudyParams, name: str):
+    """The ``sample`` settings of the mask prior or of an arm."""
+    return params.generators.mask_prior.sample if name == MASK_PRIOR else registry.get(name).params(params).sample
+
+
 def load_arm(params: StudyParams, paths: RunPaths, arm: str, step: int | None = None, weights: str | None = None) -> tuple[torch.nn.Module, dict]:
-    """A trained arm (or mask prior) from its last checkpoint, or the kept one at ``step``."""
-    model = build_mask_prior(params) if arm == "mask_prior" else build_arm(params, arm)
+    """A trained arm (or the mask prior) from its last checkpoint, or the kept one at ``step``."""
+    model = build_mask_prior(params) if arm == MASK_PRIOR else build_arm(params, arm)
     folder = paths.checkpoints / arm
     path = folder / "last.pt" if step is None else training.kept_checkpoints(folder).get(step, folder / f"step_{step:07d}.pt")
-    p = params.generators.mask_prior if arm == "mask_prior" else params.generators.arm(arm)
-    ckpt = training.load_checkpoint(path, model, weights=weights or p.sample.weights, made_by=MADE_BY[arm])
+    ckpt = training.load_checkpoint(path, model, weights=weights or sampling_of(params, arm).weights, made_by=made_by(arm))
     return model.to(device()).eval(), ckpt
 
 
@@ -207,8 +202,7 @@ def save_samples(paths: RunPaths, arm: str, name: str, *, record: dict, **arrays
 def load_samples(paths: RunPaths, arm: str, name: str) -> dict[str, np.ndarray]:
     path = paths.samples / arm / f"{name}.npz"
     if not path.exists():
-        made_by = MADE_BY.get(arm, "the generator notebooks")
-        raise FileNotFoundError(f"{path} does not exist: it is written by the notebook {made_by}; run it first")
+        raise FileNotFoundError(f"{path} does not exist: it is written by the stage {made_by(arm)}; run it first")
     with np.load(path) as f:
         return {k: f[k] for k in f.files}
 
@@ -230,14 +224,14 @@ def samples_table(paths: RunPaths, arm: str) -> pd.DataFrame:
     """``samples/<arm>/samples.csv``: how each saved set of the arm was made."""
     path = paths.samples / arm / "samples.csv"
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: it is written by the notebook {MADE_BY.get(arm, 'of the arm')}; run it first")
+        raise FileNotFoundError(f"{path} does not exist: it is written by the stage {made_by(arm)}; run it first")
     return pd.read_csv(path)
 
 
 def sample_arm(params: StudyParams, paths: RunPaths, arm: str, slices: SliceSet, stage1_masks: np.ndarray) -> pd.DataFrame:
     """The paired set (one image per real test mask) at every kept checkpoint, and the synthetic set (from the
     stage-1 masks) with the final weights; returns the samples table."""
-    p = params.generators.arm(arm)
+    p = registry.get(arm).params(params)
     test_rows = np.flatnonzero(slices.meta["split"].to_numpy() == "test")
     test_masks = slices.masks[test_rows]
     kept = training.kept_checkpoints(paths.checkpoints / arm)
@@ -264,5 +258,6 @@ def sample_arm(params: StudyParams, paths: RunPaths, arm: str, slices: SliceSet,
     return samples_table(paths, arm)
 
 
-__all__ = ["ARMS", "MADE_BY", "build_arm", "build_mask_prior", "train_arm", "train_mask_prior", "train_autoencoder",
-           "load_arm", "autoencoder_report", "generate", "sample_masks", "sample_mask_prior", "mask_validity", "sample_arm", "sample_record", "save_samples", "load_samples", "samples_table", "synthetic_by_step", "seed_for"]
+__all__ = ["MASK_PRIOR", "made_by", "build_arm", "build_mask_prior", "train_arm", "train_mask_prior", "train_autoencoder",
+           "load_arm", "sampling_of", "autoencoder_report", "generate", "sample_masks", "sample_mask_prior", "mask_validity",
+           "sample_arm", "sample_record", "save_samples", "load_samples", "samples_table", "synthetic_by_step"]

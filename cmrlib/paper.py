@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import report
-from .data.records import write_json
-from .params import ARMS, StudyParams, resolve_path
+from . import registry
+from .jsonio import write_json
+from .params import StudyParams, resolve_path
+from .stats import format_interval
 from .paths import RunPaths
 
 STAGE = "90_paper"
-LABELS = {"ddpm": "DDPM", "ldm": "LDM", "fm": "FM"}
 MADE_BY = {"fidelity": "30_fidelity", "utility": "40_utility", "privacy": "50_privacy"}
 
 # the trade-off's metrics: (axis, key, label, better), better = "higher" or "lower"
@@ -113,9 +113,10 @@ def reference_protocol_applies(privacy: dict) -> bool:
     return bool(privacy.get("settings", {}).get("protocols", {}).get("reference", {}).get("applicable", True))
 
 
-def trade_off(results: dict[str, dict], arms=ARMS) -> pd.DataFrame:
+def trade_off(results: dict[str, dict], arms=None) -> pd.DataFrame:
     """Long table: arm, axis, metric, label, better, estimate, low, high (NaN where the metric has no interval).
     Utility rows add the real-only baseline as arm ``real only``."""
+    arms = registry.names() if arms is None else arms
     fid = {(r["set"], r["metric"]): r for r in results["fidelity"]["metrics"]}
     util = _utility_rows(results["utility"])
     n = smallest_n(results["utility"])
@@ -167,7 +168,7 @@ def _better_than(a: pd.Series, b: pd.Series, better: str) -> bool:
 def judge(claim: Claim, table: pd.DataFrame) -> dict:
     """The verdict on one claim, decided by the intervals of ``table`` (see the module docstring)."""
     rows = table[table.metric == claim.metric].set_index("arm")
-    others = [claim.other] if claim.kind == "below" else [a for a in rows.index if a in ARMS and a != claim.subject]
+    others = [claim.other] if claim.kind == "below" else [a for a in rows.index if a in registry.names() and a != claim.subject]
     missing = [a for a in [claim.subject, *others] if a not in rows.index or not np.isfinite(rows.loc[a, ["low", "high"]].astype(float)).all()]
     if missing:
         return {"claim": claim.text, "metric": claim.metric, "verdict": "inconclusive", "reason": f"no interval for {', '.join(missing)}"}
@@ -183,7 +184,7 @@ def judge(claim: Claim, table: pd.DataFrame) -> dict:
             verdict = "refuted"
         else:
             verdict = "inconclusive"
-    intervals = "; ".join(f"{LABELS.get(a, a)} {rows.loc[a, 'estimate']:.3f} [{rows.loc[a, 'low']:.3f}, {rows.loc[a, 'high']:.3f}]"
+    intervals = "; ".join(f"{registry.label(a)} {format_interval(rows.loc[a, 'estimate'], rows.loc[a, 'low'], rows.loc[a, 'high'])}"
                           for a in [claim.subject, *others])
     return {"claim": claim.text, "metric": claim.metric, "verdict": verdict, "reason": intervals}
 
@@ -213,7 +214,7 @@ def budget_curves(results: dict[str, dict], params: StudyParams) -> pd.DataFrame
         cols = {key: name, f"{key}_low": f"{name}_low", f"{key}_high": f"{name}_high"}
         part = source[["arm", "step", *[c for c in cols if c in source]]].rename(columns=cols)
         curves = curves.merge(part, on=["arm", "step"], how="left")
-    curves["fraction"] = [round(r.step / params.generators.arm(r.arm).train.steps, 2) for r in curves.itertuples()]
+    curves["fraction"] = [round(r.step / registry.get(r.arm).params(params).train.steps, 2) for r in curves.itertuples()]
     return curves.sort_values(["fraction", "arm"]).reset_index(drop=True)
 
 
@@ -268,8 +269,8 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
         "n_cross_sets": str(len(cross_sets(results["utility"]))),
         "reference_protocol": "applicable" if reference_protocol_applies(results["privacy"]) else "not applicable",
     }
-    for arm in ARMS:
-        p = g.arm(arm)
+    for arm in registry.names():
+        p = registry.get(arm).params(params)
         out[f"{arm}_train_steps"] = str(p.train.steps)
         out[f"{arm}_batch"] = str(p.train.batch_size)
         out[f"{arm}_sampler_steps"] = str(p.sample.steps)
@@ -329,13 +330,13 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
     tested_on = "the in-domain and cross-domain sets" if crossing else "the in-domain test set"
     cross_utility = (f" Cross-domain (first other vendor): real only {_interval(n, 'real_only_cross_dice')}." if crossing
                      else " No cross-domain set: generalisation to other vendors is not measured by this run.")
-    arms = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_mask_dice')}" for a in ARMS)
-    utility = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_utility_dice')}" for a in ARMS)
-    privacy = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_mia_auc')}" for a in ARMS)
-    reference_auc = ", ".join(f"{LABELS[a]} {n.get(f'{a}_reference_mia_auc', 'n/a')}" for a in ARMS)
-    copies = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_copy_share')}" for a in ARMS)
-    dcr = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_dcr_score')}" for a in ARMS)
-    shift = ", ".join(f"{LABELS[a]} {n.get(f'{a}_domain_shift_auc', 'n/a')}" for a in ARMS)
+    arms = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_mask_dice')}" for a in registry.names())
+    utility = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_utility_dice')}" for a in registry.names())
+    privacy = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_mia_auc')}" for a in registry.names())
+    reference_auc = ", ".join(f"{registry.label(a)} {n.get(f'{a}_reference_mia_auc', 'n/a')}" for a in registry.names())
+    copies = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_copy_share')}" for a in registry.names())
+    dcr = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_dcr_score')}" for a in registry.names())
+    shift = ", ".join(f"{registry.label(a)} {n.get(f'{a}_domain_shift_auc', 'n/a')}" for a in registry.names())
     reference_text = (
         f"With the reference protocol (non-members from another vendor): {reference_auc}; a control that pits two "
         f"non-member sets against each other (held-out patients against the other vendor) reaches {shift}: the part of "
@@ -343,7 +344,7 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
         if n.get("reference_protocol", "applicable") == "applicable" else
         "The reference protocol (non-members from another vendor) and its domain-shift control are not applicable: "
         "the run has no cross-domain set.")
-    deltas = ", ".join(f"{LABELS[a]} {_interval(n, f'{a}_utility_delta')}" for a in ARMS)
+    deltas = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_utility_delta')}" for a in registry.names())
     verdict_text = "; ".join(f"*{r.claim}*: **{n[f'claim_{r.key}']}**" for r in claims.itertuples())
     budgets = sorted({k.split("_")[1] for k in n if re.fullmatch(r"budget_\d+pct", k)}, key=lambda v: int(v[:-3]))
     budget_text = "; ".join(
@@ -468,12 +469,11 @@ def write_manuscript(blocks_: list[tuple], folder: Path) -> list[Path]:
 
 def table_view(table: pd.DataFrame) -> pd.DataFrame:
     """The trade-off table as printed: one row per arm, one column per metric, ``estimate [low, high]``."""
-    cells = table.assign(cell=[fmt(r.estimate) + (f" [{fmt(r.low)}, {fmt(r.high)}]" if np.isfinite(r.low) else "")
-                               for r in table.itertuples()])
+    cells = table.assign(cell=[format_interval(r.estimate, r.low, r.high) for r in table.itertuples()])
     wide = cells.pivot(index="arm", columns="label", values="cell").fillna("")
     order = [label for _, _, label, _ in AXES if label in wide.columns]
-    arms = [a for a in [*ARMS, "real only"] if a in wide.index]
-    return wide.loc[arms, order].rename(index=lambda a: LABELS.get(a, a))
+    arms = [a for a in [*registry.names(), "real only"] if a in wide.index]
+    return wide.loc[arms, order].rename(index=lambda a: registry.label(a))
 
 
 RUN_FIGURES = ("data_examples",)  # figures of earlier notebooks that the paper shows as they are

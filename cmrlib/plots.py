@@ -10,7 +10,8 @@ from matplotlib.patches import Patch
 
 from .data.records import SliceSet
 from .labels import COLOURS, FOREGROUND
-from .params import ARMS
+from .registry import label as arm_label
+from .registry import names as arm_names
 
 
 def _colours(mask: np.ndarray, alpha: float) -> np.ndarray:
@@ -192,7 +193,7 @@ def steps_against_quality(steps: pd.DataFrame) -> plt.Figure:
     for ax, (col, label) in zip(axes, cols):
         for (arm, sampler), d in steps.groupby(["arm", "sampler"], sort=False):
             d = d.sort_values("steps")
-            ax.plot(d["steps"], d[col], marker="o", label=f"{arm} ({sampler})")
+            ax.plot(d["steps"], d[col], marker="o", label=f"{arm_label(arm)} ({sampler})")
         ax.set(xscale="log", xlabel="sampling steps", ylabel=label)
         ticks = sorted(steps["steps"].unique())
         ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -209,7 +210,7 @@ def quality_against_training_step(checkpoints: pd.DataFrame) -> plt.Figure:
     fig, axes = plt.subplots(1, len(cols), figsize=(2.8 * len(cols), 2.7))
     for ax, (col, label) in zip(axes, cols):
         for arm, d in checkpoints.groupby("arm", sort=False):
-            ax.plot(d["step"], d[col], marker="o", label=arm)
+            ax.plot(d["step"], d[col], marker="o", label=arm_label(arm))
         ax.set(xlabel="training step", ylabel=label)
         if col != "fid_seg":
             ax.set_ylim(0, 1)
@@ -370,7 +371,7 @@ def roc_curves(roc: pd.DataFrame, fpr_mark: float = 0.01) -> plt.Figure:
         grid = np.logspace(-3, 0, 50)
         ax.plot(grid, grid, color="grey", lw=0.8, ls=":", label="chance")
         ax.axvline(fpr_mark, color="grey", lw=0.6)
-        ax.set(xscale="log", xlim=(1e-3, 1), ylim=(0, 1.01), xlabel="false-positive rate", title=arm)
+        ax.set(xscale="log", xlim=(1e-3, 1), ylim=(0, 1.01), xlabel="false-positive rate", title=arm_label(arm))
     axes[0, 0].set_ylabel("true-positive rate")
     axes[0, -1].legend(frameon=False, fontsize=6, loc="lower right")
     fig.tight_layout()
@@ -389,10 +390,10 @@ def auc_against_noise_level(table: pd.DataFrame, protocols: tuple[str, ...] = ("
             colour = f"C{i}"
             lv = a[(a["attack"] == "loss") & (a["level"] != "all")].sort_values("snr")
             err = np.vstack([lv["auc"] - lv["auc_low"], lv["auc_high"] - lv["auc"]]).clip(min=0)
-            ax.errorbar(lv["snr"], lv["auc"], yerr=err, marker="o", ms=3, capsize=2, color=colour, label=arm)
+            ax.errorbar(lv["snr"], lv["auc"], yerr=err, marker="o", ms=3, capsize=2, color=colour, label=arm_label(arm))
             cal = a[(a["attack"] == "calibrated") & (a["level"] == "all")]
             if len(cal):
-                ax.axhline(float(cal["auc"].iloc[0]), color=colour, ls="--", lw=0.8, label=f"{arm}: calibrated, all levels")
+                ax.axhline(float(cal["auc"].iloc[0]), color=colour, ls="--", lw=0.8, label=f"{arm_label(arm)}: calibrated, all levels")
         ax.axhline(0.5, color="grey", ls=":", lw=0.8)
         ax.set(xscale="log", ylim=(0.3, 1.02), xlabel="SNR of the attacked noise level", title=f"{protocol} protocol")
     axes[0, 0].set_ylabel("membership AUC (loss attack per level)")
@@ -402,10 +403,9 @@ def auc_against_noise_level(table: pd.DataFrame, protocols: tuple[str, ...] = ("
 
 
 # -- the paper (90_paper) ----------------------------------------------------------------------------------------------
-def trade_off(table: pd.DataFrame, metrics=("mask_dice", "utility_dice", "mia_auc"), labels: dict | None = None) -> plt.Figure:
+def trade_off(table: pd.DataFrame, metrics=("mask_dice", "utility_dice", "mia_auc")) -> plt.Figure:
     """One panel per axis metric of the trade-off table (long: arm, metric, label, better, estimate, low, high): each
     arm's estimate with its interval; the real-only baseline (utility) as a dashed line, chance (AUC 0.5) dotted."""
-    labels = labels or {}
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.8))
     for ax, metric in zip(np.atleast_1d(axes), metrics):
         rows = table[(table.metric == metric) & (table.arm != "real only")]
@@ -416,7 +416,7 @@ def trade_off(table: pd.DataFrame, metrics=("mask_dice", "utility_dice", "mia_au
         err = np.vstack([rows.estimate - rows.low, rows.high - rows.estimate])
         err = np.where(np.isfinite(err), err, 0)
         ax.errorbar(x, rows.estimate, yerr=err, fmt="o", capsize=4, color="k")
-        ax.set_xticks(x, [labels.get(a, a) for a in rows.arm])
+        ax.set_xticks(x, [arm_label(a) for a in rows.arm])
         base = table[(table.metric == metric) & (table.arm == "real only")]
         if len(base):
             ax.axhline(base.estimate.iloc[0], ls="--", color="grey", label="real only")
@@ -433,7 +433,7 @@ def trade_off(table: pd.DataFrame, metrics=("mask_dice", "utility_dice", "mia_au
 def paired_examples(masks: np.ndarray, generated: dict[str, np.ndarray], real: np.ndarray, n: int = 6, seed: int = 0) -> plt.Figure:
     """Rows: the conditioning masks, each arm's image from them, the real image; ``n`` random paired slices."""
     idx = np.sort(np.random.default_rng(seed).choice(len(masks), size=min(n, len(masks)), replace=False))
-    rows = [("mask", None)] + [(name.upper(), images) for name, images in generated.items()] + [("real", real)]
+    rows = [("mask", None)] + [(arm_label(name), images) for name, images in generated.items()] + [("real", real)]
     fig, axes = plt.subplots(len(rows), len(idx), figsize=(1.3 * len(idx), 1.35 * len(rows)), squeeze=False)
     for r, (name, images) in enumerate(rows):
         for c, i in enumerate(idx):
@@ -458,10 +458,11 @@ def axis_against_budget(curves: pd.DataFrame, metrics: dict[str, str], x: str = 
         if metric not in curves:
             ax.set_axis_off()
             continue
-        arms = sorted(curves["arm"].unique(), key=lambda a: (a not in ARMS, ARMS.index(a) if a in ARMS else 0, a))
+        order = arm_names()
+        arms = sorted(curves["arm"].unique(), key=lambda a: (a not in order, order.index(a) if a in order else 0, a))
         for i, arm in enumerate(arms):  # the same colour per arm in every panel and figure
             rows = curves[curves["arm"] == arm].sort_values(x)
-            ax.plot(rows[x], rows[metric], marker="o", color=f"C{i}", label=arm.upper())
+            ax.plot(rows[x], rows[metric], marker="o", color=f"C{i}", label=arm_label(arm))
             if f"{metric}_low" in rows and rows[f"{metric}_low"].notna().any():
                 ax.fill_between(rows[x], rows[f"{metric}_low"], rows[f"{metric}_high"], color=f"C{i}", alpha=0.2)
         ax.set_xlabel(BUDGET_AXES.get(x, x.replace("_", " ")))

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .params import ARMS, StudyParams
+from . import registry
+from .params import StudyParams
 
 
 class PreflightError(ValueError):
@@ -107,9 +108,13 @@ def problems(params: StudyParams, counts: Counts | None) -> list[str]:
                    f"{sum(counts.train_slices[:fewest])} slices of the {fewest} real patient(s) of the smallest regime"
                    f"{where}; lower it or raise utility.n_real_patients")
     batches = {"10_mask_prior: generators.mask_prior.train.batch_size": g.mask_prior.train.batch_size,
-               "the ldm arm: generators.ldm.autoencoder.train.batch_size": g.ldm.autoencoder.train.batch_size,
                "30_fidelity: fidelity.segmenter.batch_size": params.fidelity.segmenter.batch_size}
-    batches |= {f"the {arm} arm: generators.{arm}.train.batch_size": g.arm(arm).train.batch_size for arm in ARMS}
+    for arm in map(registry.get, registry.names()):
+        for key in arm.checkpoint_dirs.values():  # the arm's train budgets (an autoencoder's first)
+            budget = arm.params(params)
+            for part in key.split("."):
+                budget = getattr(budget, part)
+            batches[f"{arm.stage}: generators.{arm.section}.{key}.batch_size"] = budget.batch_size
     for key, size in batches.items():
         if size > every:
             out.append(f"{key} = {size} exceeds the {every} training slices{where}; lower it or raise data.n_train_patients")

@@ -50,13 +50,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import generation, metrics, report
-from .data.records import SliceSet, write_json
+from . import generation, metrics, registry, report
+from .data.records import SliceSet
+from .jsonio import write_json
 from .metrics import privacy as mp
-from .models import FlowMatchingModel, LatentDiffusion
-from .models.flow import time_for_snr
-from .params import ARMS, StudyParams
+from .params import StudyParams
 from .paths import RunPaths
+from .seeds import seed_for
 from .stats import Interval, bootstrap_mean, bootstrap_statistic
 
 STAGE = "50_privacy"
@@ -160,7 +160,7 @@ def _row(set_name: str, metric: str, value: float | Interval, interval: str = ""
 
 
 def _seed(params: StudyParams, *names: str) -> int:
-    return generation.seed_for(params.seed, "privacy", *names)
+    return seed_for(params.seed, "privacy", *names)
 
 
 def dcr_interval(params: StudyParams, dcr: np.ndarray, holdout_dcr: np.ndarray, holdout_patients: np.ndarray, name: str) -> Interval:
@@ -204,8 +204,9 @@ class Memorisation:
     images: dict[str, np.ndarray]  # set -> the images analysed
 
 
-def memorisation(params: StudyParams, paths: RunPaths, ref: Reference, arms=ARMS) -> Memorisation:
+def memorisation(params: StudyParams, paths: RunPaths, ref: Reference, arms=None) -> Memorisation:
     """Nearest-neighbour analysis of each arm's synthetic set, then of the real holdout images (``real unseen``)."""
+    arms = registry.names() if arms is None else arms
     samples, images, rows = {}, {}, []
     for arm in tqdm(list(arms), desc="nearest neighbours", unit="arm"):
         images[arm] = generation.load_samples(paths, arm, "synthetic")["images"]
@@ -245,11 +246,9 @@ def mask_copies(params: StudyParams, paths: RunPaths, ref: Reference) -> pd.Data
 
 # -- membership inference --------------------------------------------------------------------------------------------
 def noise_step(model: torch.nn.Module, snr: float) -> float:
-    """The diffusion timestep or FM time at which ``model`` is attacked for ``snr`` (documents the matched grid)."""
-    if isinstance(model, FlowMatchingModel):
-        return time_for_snr(snr)
-    diffusion = model.diffusion if isinstance(model, LatentDiffusion) else model
-    return float(diffusion.timestep_for_snr(snr))
+    """The noise level at which ``model`` is attacked for ``snr``, in its family's units (a diffusion timestep, a
+    flow time): the model's own answer (``model.noise_level``), documenting the matched grid."""
+    return float(model.noise_level(snr))
 
 
 def model_errors(params: StudyParams, model: torch.nn.Module, images: np.ndarray, masks: np.ndarray, desc: str,
@@ -357,9 +356,10 @@ def attacks(params: StudyParams, ref: Reference, errors: dict[str, dict[str, np.
     return table[first + [c for c in table.columns if c not in first]], pd.DataFrame(roc)
 
 
-def membership(params: StudyParams, paths: RunPaths, ref: Reference, arms=ARMS) -> Membership:
+def membership(params: StudyParams, paths: RunPaths, ref: Reference, arms=None) -> Membership:
     """Errors of every arm's model on the training, holdout and (where the run has one) cross-domain slices, and the
     attacks of every applicable protocol."""
+    arms = registry.names() if arms is None else arms
     errors, context, seconds = {}, {}, {}
     for arm in arms:
         start = time.perf_counter()
@@ -372,10 +372,11 @@ def membership(params: StudyParams, paths: RunPaths, ref: Reference, arms=ARMS) 
     return Membership(table, roc, errors, seconds, protocol_status(ref))
 
 
-def against_training_step(params: StudyParams, paths: RunPaths, ref: Reference, mia: Membership, arms=ARMS) -> pd.DataFrame:
+def against_training_step(params: StudyParams, paths: RunPaths, ref: Reference, mia: Membership, arms=None) -> pd.DataFrame:
     """The compute axis: at every kept checkpoint of each arm, the membership AUC and TPR at 1% FPR of our protocol
     (calibrated attack, with intervals; the final checkpoint's errors are those of :func:`membership`) and the copy
     share of that checkpoint's synthetic subset (:func:`cmrlib.generation.synthetic_by_step`). One row per (arm, step)."""
+    arms = registry.names() if arms is None else arms
     rows = []
     for arm in arms:
         subsets = generation.synthetic_by_step(params, paths, arm)
@@ -407,9 +408,10 @@ def _pick(table: pd.DataFrame, **where) -> pd.Series:
     return hit.iloc[0]
 
 
-def summary(mem: Memorisation, mia: Membership, arms=ARMS) -> pd.DataFrame:
+def summary(mem: Memorisation, mia: Membership, arms=None) -> pd.DataFrame:
     """One record per arm with the keys the paper notebook and the export gate read (see ``metrics/privacy.json``);
     a protocol that is not applicable (``mia.protocols``) gives null values."""
+    arms = registry.names() if arms is None else arms
     records = []
     for arm in arms:
         rec = {"arm": arm}
@@ -467,9 +469,10 @@ def settings(params: StudyParams, ref: Reference) -> dict:
 
 
 def save(params: StudyParams, paths: RunPaths, ref: Reference, mem: Memorisation, masks: pd.DataFrame, mia: Membership,
-         arms=ARMS, budgets: pd.DataFrame | None = None) -> Path:
+         arms=None, budgets: pd.DataFrame | None = None) -> Path:
     """Write ``metrics/privacy.json`` and the tables ``privacy_summary``, ``privacy_nearest`` (long),
     ``privacy_mia`` (every protocol, attack and level), ``privacy_masks`` and ``privacy_pairs``."""
+    arms = registry.names() if arms is None else arms
     table = summary(mem, mia, arms)
     report.save_table(table, paths.tables, "privacy_summary", index=False)
     report.save_table(mem.rows, paths.tables, "privacy_nearest", index=False)

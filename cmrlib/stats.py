@@ -14,6 +14,26 @@ from typing import Callable
 import numpy as np
 
 
+def format_number(value: float | None, digits: int = 3) -> str:
+    """A number as the tables print it: ``digits`` decimals, scientific notation for a non-zero value that would
+    print as zero, ``n/a``
+    for a missing one (None or NaN) and ``inf`` / ``-inf`` for an infinity."""
+    if value is None or np.isnan(value):
+        return "n/a"
+    if np.isinf(value):
+        return str(float(value))
+    return f"{value:.{digits - 1}e}" if value != 0 and abs(value) < 10**-digits else f"{value:.{digits}f}"
+
+
+def format_interval(estimate: float | None, low: float | None = None, high: float | None = None, digits: int = 3) -> str:
+    """``estimate [low, high]`` (the one interval format of every table, card and text), or the estimate alone when
+    the interval is missing or not finite, or ``n/a``."""
+    text = format_number(estimate, digits)
+    if estimate is None or not np.isfinite(estimate) or low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return text
+    return f"{text} [{format_number(low, digits)}, {format_number(high, digits)}]"
+
+
 @dataclass(frozen=True)
 class Interval:
     estimate: float

@@ -28,8 +28,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, params as params_mod, preflight
-from .data.records import METADATA_FILE, write_json
+from . import __version__, params as params_mod, preflight, registry
+from .data.records import METADATA_FILE
+from .jsonio import write_json
 from .paths import RunPaths, notebooks_dir, project_root
 
 KERNEL = "cmrlib"
@@ -37,14 +38,14 @@ DATA_STAGE = "00_data"  # after it, the set sizes of a real data set are known a
 PARAMETERS = ("params_path", "run_dir")
 # passed only to the notebooks whose parameters cell declares them
 OPTIONAL_PARAMETERS = ("force",)
+# a notebook whose parameters cell declares it runs once per registered arm, as stage <notebook>[<arm>]
+ARM_PARAMETER = "arm"
 
 # Outputs a stage must leave (relative to the run folder) besides its executed notebook; checked before skipping.
+# An arm's stage leaves what its registry entry lists (cmrlib.registry.Arm.outputs).
 STAGE_OUTPUTS: dict[str, list[str]] = {
     "00_data": ["splits.json", "data/slices.npz", "data/metadata.csv"],
     "10_mask_prior": ["checkpoints/mask_prior/last.pt", "samples/mask_prior/masks.npz"],
-    "20_ddpm": ["checkpoints/ddpm/last.pt", "samples/ddpm/paired.npz", "samples/ddpm/synthetic.npz"],
-    "21_ldm": ["checkpoints/ldm/last.pt", "samples/ldm/paired.npz", "samples/ldm/synthetic.npz"],
-    "22_flow_matching": ["checkpoints/fm/last.pt", "samples/fm/paired.npz", "samples/fm/synthetic.npz"],
     "30_fidelity": ["checkpoints/reference_segmenter/last.pt", "metrics/fidelity.json", "tables/fidelity_metrics.csv"],
     "40_utility": ["metrics/utility.json"],
     "50_privacy": ["metrics/privacy.json"],
@@ -64,18 +65,32 @@ class StudyInterrupted(StageFailed):
 
 @dataclass(frozen=True)
 class Stage:
-    name: str
+    name: str  # the notebook's stem, with [<arm>] for a notebook run once per arm
     notebook: Path
+    arm: str | None = None
+
+    @property
+    def executed(self) -> str:
+        """The executed copy, relative to the run folder."""
+        return f"notebooks/{self.notebook.stem}{'' if self.arm is None else '_' + self.arm}.ipynb"
 
     @property
     def outputs(self) -> list[str]:
-        return STAGE_OUTPUTS.get(self.name, []) + [f"notebooks/{self.notebook.name}"]
+        made = STAGE_OUTPUTS.get(self.name, []) if self.arm is None else registry.get(self.arm).outputs
+        return made + [self.executed]
 
 
 def discover_stages(folder: Path | None = None) -> list[Stage]:
-    """The numbered notebooks (``NN_name.ipynb``) in order."""
+    """The numbered notebooks (``NN_name.ipynb``) in order; a notebook that declares the parameter ``arm`` gives one
+    stage per registered arm (``20_generator[ddpm]``, ...), in the registry's order."""
     folder = folder or notebooks_dir()
-    return [Stage(p.stem, p) for p in sorted(folder.glob("[0-9][0-9]_*.ipynb"))]
+    stages = []
+    for path in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
+        if ARM_PARAMETER in _declared_parameters(path):
+            stages += [Stage(f"{path.stem}[{arm}]", path, arm) for arm in registry.names()]
+        else:
+            stages.append(Stage(path.stem, path))
+    return stages
 
 
 def _sha(*parts: bytes | str) -> str:
@@ -98,7 +113,7 @@ def fingerprints(stages: list[Stage], params: params_mod.StudyParams) -> dict[st
     out, previous = {}, ""
     base = _sha(params.digest(), __version__, source_digest())
     for stage in stages:
-        previous = out[stage.name] = _sha(base, stage.notebook.read_bytes(), previous)
+        previous = out[stage.name] = _sha(base, stage.name, stage.notebook.read_bytes(), previous)
     return out
 
 
@@ -191,8 +206,10 @@ def _execute(notebook: str, output: str, parameters: dict, cwd: str, kernel: str
 def execute_stage(stage: Stage, paths: RunPaths, kernel: str = KERNEL, *, force: bool = False) -> dict:
     """Run one notebook in a fresh process (so its memory is measured alone); raise StageFailed on error.
     Ctrl-C stops the notebook and raises KeyboardInterrupt (checkpoints already written stay)."""
-    output = paths.notebooks / stage.notebook.name
+    output = paths.notebooks / Path(stage.executed).name  # paths.notebooks creates the folder
     parameters = {"params_path": str(paths.params), "run_dir": str(paths.root)}
+    if stage.arm is not None:
+        parameters[ARM_PARAMETER] = stage.arm
     optional = {"force": force}
     parameters |= {k: optional[k] for k in OPTIONAL_PARAMETERS if k in _declared_parameters(stage.notebook)}
     ctx = multiprocessing.get_context("spawn")
@@ -226,14 +243,19 @@ def _run_counts(paths: RunPaths) -> preflight.Counts | None:
 
 
 def _select(stages: list[Stage], only: Sequence[str], start: str | None) -> list[Stage]:
+    """The stages named by ``--only`` (each a stage, or a notebook's stem for all its arms' stages) or from ``--from``."""
     names = [s.name for s in stages]
+
+    def matches(stage: Stage, name: str) -> bool:
+        return name in (stage.name, stage.notebook.stem)
+
     for name in [*only, *([start] if start else [])]:
-        if name not in names:
-            raise StageFailed(f"no stage {name!r}; stages: {', '.join(names)}")
+        if not any(matches(s, name) for s in stages):
+            raise StageFailed(f"no stage {name!r}; stages: {', '.join(names)} (a notebook's name selects all its arms)")
     if only:
-        return [s for s in stages if s.name in only]
+        return [s for s in stages if any(matches(s, name) for name in only)]
     if start:
-        return stages[names.index(start):]
+        return stages[next(i for i, s in enumerate(stages) if matches(s, start)):]
     return stages
 
 
@@ -281,7 +303,7 @@ def run(
         # the params are written only now that a stage starts with them, so a refused invocation changes nothing
         params.to_yaml(paths.params)
         entry = {"status": "running", "fingerprint": fps[stage.name], "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "notebook": f"notebooks/{stage.notebook.name}"}
+                 "notebook": stage.executed}
         record["stages"][stage.name] = entry
         write_json(paths.run_json, record)
         try:

@@ -3,9 +3,10 @@
 A model is an ``nn.Module`` with ``model.loss(x, cond, generator) -> scalar`` (all its randomness drawn from
 ``generator``) and ``model.config`` (a JSON-able dict that rebuilds it). A model whose input passes through a frozen,
 deterministic map first (the LDM's encoder) defines ``model.training_inputs(x)``: the loop applies it to the whole set
-once, and ``loss`` takes its output. :func:`train` owns everything else:
-AdamW, a linear warm-up then cosine decay to 0, gradient clipping, an EMA with warm-up, a tqdm bar, the loss log
-``loss.csv``, atomic checkpoints and automatic, bit-exact resume. Budgets are in optimisation steps, and copies of
+once, and ``loss`` takes its output. The loop owns everything else, in four parts:
+:class:`TrainingState` (AdamW, a linear warm-up then cosine decay to 0, gradient clipping, an EMA with warm-up, the
+random generators, with its state dict), :class:`Checkpointer` (atomic saves, resume, the same-run check),
+:class:`LossLog` (``loss.csv``) and :func:`train`, the loop that ties them with a tqdm bar: automatic, bit-exact resume. Budgets are in optimisation steps, and copies of
 the checkpoint are kept at fractions of the budget (``step_0000250.pt`` ...) so that evaluation can report every
 axis against training compute.
 
@@ -50,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
+from .params import TrainParams
 from .paths import atomic_path
 
 CHECKPOINT_FORMAT = "cmrlib.training/1"
@@ -59,6 +61,7 @@ LOSS_COLUMNS = ["step", "loss", "lr", "ema_decay", "grad_norm", "elapsed_s"]
 
 # TrainConfig fields that do not change the trained weights, so a resume may change them
 _RESUMABLE_KEYS = frozenset({"checkpoint_every", "keep_fractions", "log_every"})
+_RECIPE = TrainParams()  # the default recipe's budget: the loop's defaults are the same values
 
 
 class CheckpointError(RuntimeError):
@@ -70,23 +73,24 @@ class TrainConfig:
     """Hyperparameters of one training run. Everything except ``checkpoint_every``, ``keep_fractions`` and
     ``log_every`` defines the run: a resume with another value is refused.
 
-    EMA with warm-up (``diffusers.training_utils.EMAModel(use_ema_warmup=True)``): at optimisation step ``t`` the
-    decay is ``min(ema_max_decay, 1 - (1 + (t - 1) / ema_inv_gamma) ** -ema_power)`` (0 at the first step, so the EMA
-    starts as the raw weights). It averages over roughly the last ``t ** ema_power`` steps: with the defaults about
-    83 of 750 steps (decay 0.988) and 464 of 10k (0.998), so a short run is not held back.
+    The defaults are the default recipe's (:class:`cmrlib.params.TrainParams`). EMA with warm-up
+    (``diffusers.training_utils.EMAModel(use_ema_warmup=True)``): at optimisation step ``t`` the decay is
+    ``min(ema_max_decay, 1 - (1 + (t - 1) / ema_inv_gamma) ** -ema_power)`` (0 at the first step, so the EMA starts
+    as the raw weights). It averages over roughly the last ``t ** ema_power`` steps: about 83 of 750 steps (decay
+    0.988), so a short run is not held back; ``ema_max_decay`` caps it (0.999: at most ~1000 steps).
     """
 
-    steps: int = 10_000
-    batch_size: int = 16
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 500
-    grad_clip: float | None = 1.0
-    ema_max_decay: float = 0.9999
+    steps: int = _RECIPE.steps
+    batch_size: int = _RECIPE.batch_size
+    lr: float = _RECIPE.lr
+    weight_decay: float = _RECIPE.weight_decay
+    warmup_steps: int = _RECIPE.warmup_steps
+    grad_clip: float | None = _RECIPE.grad_clip
+    ema_max_decay: float = _RECIPE.ema_max_decay
     ema_inv_gamma: float = 1.0
     ema_power: float = 2 / 3
-    checkpoint_every: int = 1000
-    keep_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
+    checkpoint_every: int = _RECIPE.checkpoint_every
+    keep_fractions: tuple[float, ...] = tuple(_RECIPE.keep_fractions)
     seed: int = 0
     log_every: int = 10
 
@@ -123,6 +127,13 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["keep_fractions"] = list(self.keep_fractions)
         return d
+
+    @classmethod
+    def from_params(cls, p: TrainParams, seed: int) -> "TrainConfig":
+        """The loop's config of a params budget (``generators.<model>.train``), with the run's seed for this model."""
+        return cls(steps=p.steps, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
+                   warmup_steps=p.warmup_steps, grad_clip=p.grad_clip, ema_max_decay=p.ema_max_decay,
+                   checkpoint_every=p.checkpoint_every, keep_fractions=tuple(p.keep_fractions), seed=seed)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -206,7 +217,7 @@ def load_checkpoint(
         raise ValueError(f"weights={weights!r}: expected 'ema' or 'raw'")
     path = Path(path)
     if not path.exists():
-        stage = f"the notebook {made_by}" if made_by else "the training notebook of this model"
+        stage = f"the stage {made_by}" if made_by else "the training notebook of this model"
         raise FileNotFoundError(
             f"{path} does not exist: checkpoints are written by cmrlib.training.train, called from {stage}. Run that "
             f"training first (kept checkpoints of a run: {sorted(p.name for p in kept_checkpoints(path.parent).values())})."
@@ -243,31 +254,7 @@ def _kept_name(step: int) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# the loop
-
-
-class _LossModule(nn.Module):
-    """Makes ``model.loss`` the ``forward`` so that DistributedDataParallel (which hooks ``forward``) syncs it."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor, cond: Tensor | None, generator: torch.Generator) -> Tensor:
-        return self.model.loss(x, cond, generator)
-
-
-def training_inputs(model: nn.Module, x: Tensor) -> Tensor:
-    """What ``model.loss`` takes for the set ``x``: ``model.training_inputs(x)`` where the model defines it (a frozen,
-    deterministic map applied once, as the LDM's encoder), else ``x``."""
-    encode = getattr(model, "training_inputs", None)
-    return encode(x) if callable(encode) else x
-
-
-def _seed_for(seed: int, rank: int, stream: int) -> int:
-    """A 63-bit seed for (run seed, process index, stream) so that processes and streams never share draws."""
-    digest = hashlib.sha256(f"cmrlib.training:{seed}:{rank}:{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+# the identity of a run, and the checkpointer that saves, loads and checks it
 
 
 def _plain_config(config: Any, what: str) -> dict[str, Any]:
@@ -287,6 +274,20 @@ def _data_fingerprint(x: Tensor, cond: Tensor | None) -> dict[str, Any]:
         "x_shape": list(x.shape),
         "cond_shape": None if cond is None else list(cond.shape),
         "hash": h.hexdigest(),
+    }
+
+
+def run_identity(model: nn.Module, config: TrainConfig, accelerator, x: Tensor, cond: Tensor | None) -> dict[str, Any]:
+    """What makes a run the same run: the model's config and class, the loop's config, the data, and how it executes
+    (processes, precision, device type). Stored in every checkpoint; a resume must match it."""
+    return {
+        "config": _plain_config(model.config, f"{type(model).__name__}.config"),
+        "train_config": config.to_dict(),
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": str(accelerator.mixed_precision),
+        "device_type": accelerator.device.type,
+        "data": _data_fingerprint(x, cond),
     }
 
 
@@ -315,6 +316,42 @@ def _check_same_run(ckpt: dict[str, Any], path: Path, expected: dict[str, Any]) 
         )
 
 
+class Checkpointer:
+    """The checkpoints of one run folder: ``last.pt`` (read on resume, checked against the run's identity) and the
+    kept copies ``step_{N:07d}.pt`` at ``config.kept_steps``. Writes are atomic."""
+
+    def __init__(self, out_dir: Path, identity: dict[str, Any], config: TrainConfig):
+        self.out_dir, self.identity, self.config = out_dir, identity, config
+        self.last_path = out_dir / LAST
+        self.kept = set(config.kept_steps)
+
+    def resume(self) -> dict[str, Any] | None:
+        """The last checkpoint of this run, or None for a fresh one; a different run's is a :class:`CheckpointError`."""
+        if not self.last_path.exists():
+            return None
+        ckpt = _read_checkpoint(self.last_path)
+        _check_same_run(ckpt, self.last_path, self.identity)
+        return ckpt
+
+    def due(self, step: int) -> list[Path]:
+        """Where the checkpoint of ``step`` goes: a kept copy at a kept step (with last.pt, so that a kept file never
+        outlives the run it belongs to), last.pt every ``checkpoint_every`` steps and at the end; [] otherwise."""
+        paths = [self.out_dir / _kept_name(step)] if step in self.kept else []
+        if paths or step % self.config.checkpoint_every == 0 or step == self.config.steps:
+            paths.append(self.last_path)
+        return paths
+
+    def save(self, state: dict[str, Any], paths: list[Path]) -> None:
+        payload = {"format": CHECKPOINT_FORMAT, "cmrlib_version": __version__, "step": state["step"],
+                   "elapsed_s": state["elapsed_s"], **self.identity, **state}
+        for p in paths:
+            _atomic_save(payload, p)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the loss log
+
+
 def _read_log(path: Path) -> pd.DataFrame:
     """The loss log; a missing or empty file (a run killed before its header reached the disk) has no rows."""
     if not path.exists() or path.stat().st_size == 0:
@@ -334,6 +371,193 @@ def _truncate_log(path: Path, step: int) -> None:
     log = _read_log(path)
     with atomic_path(path) as tmp:
         log[log["step"] <= step].to_csv(tmp, index=False)
+
+
+class LossLog:
+    """``loss.csv`` of a run, written by the main process only: cut back to the resumed step, its header on disk
+    before the first row (so that a kill leaves a readable log), each row flushed as it is written."""
+
+    def __init__(self, path: Path, step: int, main_process: bool):
+        self.path, self._file, self._writer = path, None, None
+        if not main_process:
+            return
+        if step == 0:
+            path.unlink(missing_ok=True)  # the log of a run killed before its first checkpoint
+        _truncate_log(path, step)
+        new = not path.exists()
+        self._file = open(path, "a", newline="")
+        self._writer = csv.writer(self._file)
+        if new:
+            self._writer.writerow(LOSS_COLUMNS)
+            self._file.flush()
+
+    def write(self, row: list) -> None:
+        if self._writer is not None:
+            self._writer.writerow(row)
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def rows(self) -> pd.DataFrame:
+        return _read_log(self.path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the training state
+
+
+class _LossModule(nn.Module):
+    """Makes ``model.loss`` the ``forward`` so that DistributedDataParallel (which hooks ``forward``) syncs it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, cond: Tensor | None, generator: torch.Generator) -> Tensor:
+        return self.model.loss(x, cond, generator)
+
+
+def training_inputs(model: nn.Module, x: Tensor) -> Tensor:
+    """What ``model.loss`` takes for the set ``x``: ``model.training_inputs(x)`` where the model defines it (a frozen,
+    deterministic map applied once, as the LDM's encoder), else ``x``."""
+    encode = getattr(model, "training_inputs", None)
+    return encode(x) if callable(encode) else x
+
+
+def _seed_for(seed: int, rank: int, stream: int) -> int:
+    """A 63-bit seed for (run seed, process index, stream) so that processes and streams never share draws."""
+    digest = hashlib.sha256(f"cmrlib.training:{seed}:{rank}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class TrainingState:
+    """Everything a run's next step depends on: the model (wrapped for the accelerator), AdamW, the warm-up + cosine
+    schedule, the EMA, the batch and loss generators, the step, the elapsed time and the loss accumulator of the
+    next log row. :meth:`state_dict` / :meth:`load_state_dict` give and take the checkpoint's part of it."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, accelerator):
+        from diffusers.optimization import get_cosine_schedule_with_warmup
+        from diffusers.training_utils import EMAModel
+
+        self.config, self.accelerator = config, accelerator
+        rank, world = accelerator.process_index, accelerator.num_processes
+        # model first (DDP broadcasts rank 0's weights), then optimiser and schedule on its parameters
+        wrapper = _LossModule(model)
+        optimizer = torch.optim.AdamW(wrapper.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        # a prepared scheduler steps once per process per optimiser step unless batches are split (accelerate's
+        # convention), so the schedule is laid out in those units; the lr still follows the budget in optimiser steps
+        mult = 1 if getattr(accelerator, "split_batches", False) else world
+        scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=config.warmup_steps * mult,
+                                                    num_training_steps=config.steps * mult)
+        self.wrapper, self.optimizer, self.scheduler = accelerator.prepare(wrapper, optimizer, scheduler)
+        self.net = accelerator.unwrap_model(self.wrapper).model
+        self.params = list(self.net.parameters())
+        # foreach: one fused update of all tensors per step on a GPU instead of a kernel per tensor; the CPU keeps the
+        # per-tensor update, whose rounding the committed CPU runs have
+        self.ema = EMAModel(self.params, decay=config.ema_max_decay, use_ema_warmup=True, inv_gamma=config.ema_inv_gamma,
+                            power=config.ema_power, foreach=accelerator.device.type == "cuda")
+        self.device = accelerator.device
+        self.batch_gen = torch.Generator().manual_seed(_seed_for(config.seed, rank, 0))
+        # on the accelerator's device, as the models draw with device=x.device (its state is a small CPU tensor)
+        self.loss_gen = torch.Generator(device=self.device).manual_seed(_seed_for(config.seed, rank, 1))
+        self.log_sum = torch.zeros((), device=self.device)  # losses summed since the last log row
+        self.log_count, self.step, self.elapsed0, self.ema_decay = 0, 0, 0.0, 0.0
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint (the model's raw weights are loaded before this state is built)."""
+        rank = self.accelerator.process_index
+        self.step, self.elapsed0 = int(ckpt["step"]), float(ckpt["elapsed_s"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.accelerator.scaler is not None and ckpt.get("scaler") is not None:
+            self.accelerator.scaler.load_state_dict(ckpt["scaler"])
+        names = [n for n, _ in self.net.named_parameters()]
+        self.ema.shadow_params = [ckpt["ema"][n].to(device=p.device, dtype=p.dtype) for n, p in zip(names, self.params)]
+        self.ema.optimization_step = int(ckpt["ema_state"]["optimization_step"])
+        self.ema_decay = float(ckpt["ema_decay"])
+        self.batch_gen.set_state(ckpt["generators"]["batch"][rank].clone())
+        self.loss_gen.set_state(ckpt["generators"]["loss"][rank].clone())
+        self.log_sum = ckpt["log_accumulator"]["sum"].to(self.device)
+        self.log_count = int(ckpt["log_accumulator"]["count"])
+
+    def _gather(self, gen: torch.Generator) -> list[Tensor]:
+        state = gen.get_state()
+        if self.accelerator.num_processes == 1:
+            return [state]
+        # clone: a view into the gathered tensor is stored with an offset that Generator.set_state ignores
+        return [s.cpu().clone() for s in self.accelerator.gather(state.to(self.device)[None]).unbind(0)]
+
+    def state_dict(self, elapsed: float) -> dict[str, Any] | None:
+        """The checkpoint's part of the state, on the main process (None on the others). Every process must call it
+        at the same steps: it gathers the generators and the loss accumulator first."""
+        accelerator, config = self.accelerator, self.config
+        batch_states, loss_states = self._gather(self.batch_gen), self._gather(self.loss_gen)
+        acc_sum = accelerator.reduce(self.log_sum.clone(), reduction="mean") if accelerator.num_processes > 1 else self.log_sum
+        if not accelerator.is_main_process:
+            return None
+        raw = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        ema_sd = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+        self.ema.restore(self.params)
+        return {
+            "step": self.step,
+            "elapsed_s": elapsed,
+            "model": raw,
+            "ema": ema_sd,
+            "ema_decay": self.ema_decay,
+            "ema_state": {
+                "optimization_step": self.ema.optimization_step,
+                "max_decay": config.ema_max_decay,
+                "inv_gamma": config.ema_inv_gamma,
+                "power": config.ema_power,
+                "formula": "min(max_decay, 1 - (1 + (t - 1) / inv_gamma) ** -power), 0 at t = 1",
+            },
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            "generators": {"batch": batch_states, "loss": loss_states},
+            "log_accumulator": {"sum": acc_sum.detach().cpu().clone(), "count": self.log_count},
+        }
+
+    def optimise(self, x: Tensor, cond: Tensor | None) -> Tensor | None:
+        """One optimisation step on a batch drawn from (x, cond); returns the gradient norm (None without clipping),
+        left on the device (reading it would synchronise a GPU every step)."""
+        accelerator, config = self.accelerator, self.config
+        idx = torch.randperm(len(x), generator=self.batch_gen)[: config.batch_size].to(self.device)
+        loss = self.wrapper(x[idx], None if cond is None else cond[idx], self.loss_gen)
+        if loss.ndim != 0:
+            raise ValueError(f"{type(self.net).__name__}.loss must return a scalar, got shape {tuple(loss.shape)}")
+        accelerator.backward(loss)
+        grad_norm = (accelerator.clip_grad_norm_(self.wrapper.parameters(), config.grad_clip)
+                     if config.grad_clip is not None else None)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.step(self.params)
+        self.ema_decay = float(self.ema.cur_decay_value)
+        self.step += 1
+        self.log_sum += loss.detach().float()
+        self.log_count += 1
+        return grad_norm
+
+    def log_row(self, elapsed: float, grad_norm: Tensor | None, desc: str, last_path: Path) -> list:
+        """The loss log's row of this step (the mean loss since the previous row, over processes); resets the sum."""
+        accelerator = self.accelerator
+        total = accelerator.reduce(self.log_sum, reduction="mean") if accelerator.num_processes > 1 else self.log_sum
+        mean = total.item() / self.log_count
+        if not math.isfinite(mean):
+            raise FloatingPointError(f"{desc}: the training loss is {mean} at step {self.step}; lower lr or set "
+                                     f"grad_clip. {last_path} holds the last good checkpoint.")
+        lr = self.scheduler.get_last_lr()[0]
+        self.log_sum, self.log_count = torch.zeros((), device=self.device), 0
+        return [self.step, mean, lr, self.ema_decay, float("nan") if grad_norm is None else float(grad_norm), round(elapsed, 3)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the loop
 
 
 def train(
@@ -357,8 +581,6 @@ def train(
     accelerator's device; :func:`load_checkpoint` gives either. ``progress``: show the per-step bar (``desc``).
     """
     from accelerate import Accelerator
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-    from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
     if not callable(getattr(model, "loss", None)) or not isinstance(getattr(model, "config", None), dict):
@@ -367,197 +589,51 @@ def train(
         raise ValueError(f"cond has {len(cond)} samples but x has {len(x)}")
     if config.batch_size > len(x):
         raise ValueError(f"batch_size={config.batch_size} is larger than the data ({len(x)} samples)")
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    last_path, log_path = out_dir / LAST, out_dir / LOSS_CSV
-
     accelerator = Accelerator()
-    rank, world = accelerator.process_index, accelerator.num_processes
-    expected = {
-        "config": _plain_config(model.config, f"{type(model).__name__}.config"),
-        "train_config": config.to_dict(),
-        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "num_processes": world,
-        "mixed_precision": str(accelerator.mixed_precision),
-        "device_type": accelerator.device.type,
-        "data": _data_fingerprint(x, cond),
-    }
+    checkpoints = Checkpointer(out_dir, run_identity(model, config, accelerator, x, cond), config)
 
-    ckpt = _read_checkpoint(last_path) if last_path.exists() else None
-    if ckpt is not None:
-        _check_same_run(ckpt, last_path, expected)
-        if ckpt["step"] >= config.steps:  # finished: nothing to train
-            model.load_state_dict(ckpt["model"])
-            model.to(accelerator.device)  # where a training leaves it
-            return TrainResult(
-                step=ckpt["step"], losses=_read_log(log_path), checkpoints=kept_checkpoints(out_dir),
-                wall_time_s=ckpt["elapsed_s"], last=last_path, resumed_from=ckpt["step"],
-            )
-
-    # --- build: model first (DDP broadcasts rank 0's weights), then optimiser and schedule on its parameters
+    ckpt = checkpoints.resume()
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-    wrapper = _LossModule(model)
-    optimizer = torch.optim.AdamW(wrapper.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    # a prepared scheduler steps once per process per optimiser step unless batches are split (accelerate's
-    # convention), so the schedule is laid out in those units; the lr still follows the budget in optimiser steps
-    sched_mult = 1 if getattr(accelerator, "split_batches", False) else world
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, num_warmup_steps=config.warmup_steps * sched_mult, num_training_steps=config.steps * sched_mult
-    )
-    wrapper, optimizer, scheduler = accelerator.prepare(wrapper, optimizer, scheduler)
-    net = accelerator.unwrap_model(wrapper).model
-    params = list(net.parameters())
-    # foreach: one fused update of all tensors per step on a GPU instead of a kernel per tensor; the CPU keeps the
-    # per-tensor update, whose rounding the committed CPU runs have
-    ema = EMAModel(
-        params, decay=config.ema_max_decay, use_ema_warmup=True,
-        inv_gamma=config.ema_inv_gamma, power=config.ema_power, foreach=accelerator.device.type == "cuda",
-    )
-    batch_gen = torch.Generator().manual_seed(_seed_for(config.seed, rank, 0))
-    device = accelerator.device
-    # on the accelerator's device, as the models draw with device=x.device (its state is a small CPU tensor)
-    loss_gen = torch.Generator(device=device).manual_seed(_seed_for(config.seed, rank, 1))
-    log_sum = torch.zeros((), device=device)  # losses summed since the last log row (mean over processes)
-    log_count, step, elapsed0, ema_decay = 0, 0, 0.0, 0.0
-
+        if ckpt["step"] >= config.steps:  # finished: nothing to train
+            model.to(accelerator.device)  # where a training leaves it
+            return TrainResult(step=ckpt["step"], losses=_read_log(out_dir / LOSS_CSV), checkpoints=kept_checkpoints(out_dir),
+                               wall_time_s=ckpt["elapsed_s"], last=checkpoints.last_path, resumed_from=ckpt["step"])
+    state = TrainingState(model, config, accelerator)
     if ckpt is not None:
-        step, elapsed0 = int(ckpt["step"]), float(ckpt["elapsed_s"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if accelerator.scaler is not None and ckpt.get("scaler") is not None:
-            accelerator.scaler.load_state_dict(ckpt["scaler"])
-        names = [n for n, _ in net.named_parameters()]
-        ema.shadow_params = [ckpt["ema"][n].to(device=p.device, dtype=p.dtype) for n, p in zip(names, params)]
-        ema.optimization_step = int(ckpt["ema_state"]["optimization_step"])
-        ema_decay = float(ckpt["ema_decay"])
-        batch_gen.set_state(ckpt["generators"]["batch"][rank].clone())
-        loss_gen.set_state(ckpt["generators"]["loss"][rank].clone())
-        log_sum = ckpt["log_accumulator"]["sum"].to(device)
-        log_count = int(ckpt["log_accumulator"]["count"])
-    if accelerator.is_main_process:
-        if step == 0:
-            log_path.unlink(missing_ok=True)  # the log of a run killed before its first checkpoint
-        _truncate_log(log_path, step)
-    resumed_from = step
-    x, cond = x.to(device), None if cond is None else cond.to(device)
-    x = training_inputs(net, x)
-    n = len(x)
+        state.load_state_dict(ckpt)
+    resumed_from = state.step
+    log = LossLog(out_dir / LOSS_CSV, state.step, accelerator.is_main_process)
+    x, cond = x.to(state.device), None if cond is None else cond.to(state.device)
+    x = training_inputs(state.net, x)
 
-    def gather_states(gen: torch.Generator) -> list[Tensor]:
-        state = gen.get_state()
-        if world == 1:
-            return [state]
-        # clone: a view into the gathered tensor is stored with an offset that Generator.set_state ignores
-        return [s.cpu().clone() for s in accelerator.gather(state.to(device)[None]).unbind(0)]
-
-    def save(paths: list[Path], elapsed: float) -> None:
-        # collectives first (every process reaches the same steps), then the main process writes
-        batch_states, loss_states = gather_states(batch_gen), gather_states(loss_gen)
-        acc_sum = accelerator.reduce(log_sum.clone(), reduction="mean") if world > 1 else log_sum
-        if not accelerator.is_main_process:
-            accelerator.wait_for_everyone()
-            return
-        raw = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        ema.store(params)
-        ema.copy_to(params)
-        ema_sd = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        ema.restore(params)
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "cmrlib_version": __version__,
-            "step": step,
-            "elapsed_s": elapsed,
-            **expected,
-            "model": raw,
-            "ema": ema_sd,
-            "ema_decay": ema_decay,
-            "ema_state": {
-                "optimization_step": ema.optimization_step,
-                "max_decay": config.ema_max_decay,
-                "inv_gamma": config.ema_inv_gamma,
-                "power": config.ema_power,
-                "formula": "min(max_decay, 1 - (1 + (t - 1) / inv_gamma) ** -power), 0 at t = 1",
-            },
-            "optimizer": _to_cpu(optimizer.state_dict()),
-            "scheduler": scheduler.state_dict(),
-            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-            "generators": {"batch": batch_states, "loss": loss_states},
-            "log_accumulator": {"sum": acc_sum.detach().cpu().clone(), "count": log_count},
-        }
-        for p in paths:
-            _atomic_save(payload, p)
-        accelerator.wait_for_everyone()
-
-    kept = set(config.kept_steps)
     t0 = time.perf_counter()
-    log_file = None
-    if accelerator.is_main_process:
-        new_log = not log_path.exists()
-        log_file = open(log_path, "a", newline="")
-        writer = csv.writer(log_file)
-        if new_log:
-            writer.writerow(LOSS_COLUMNS)
-            log_file.flush()  # the header on disk with the first checkpoint, so that a kill leaves a readable log
-    bar = tqdm(total=config.steps, initial=step, desc=desc, disable=not (progress and accelerator.is_local_main_process),
-               dynamic_ncols=True)
+    bar = tqdm(total=config.steps, initial=state.step, desc=desc, dynamic_ncols=True,
+               disable=not (progress and accelerator.is_local_main_process))
     try:
-        wrapper.train()
-        while step < config.steps:
-            idx = torch.randperm(n, generator=batch_gen)[: config.batch_size].to(device)
-            xb, cb = x[idx], None if cond is None else cond[idx]
-            loss = wrapper(xb, cb, loss_gen)
-            if loss.ndim != 0:
-                raise ValueError(f"{type(net).__name__}.loss must return a scalar, got shape {tuple(loss.shape)}")
-            accelerator.backward(loss)
-            grad_norm = (
-                accelerator.clip_grad_norm_(wrapper.parameters(), config.grad_clip)
-                if config.grad_clip is not None else None
-            )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            ema.step(params)
-            ema_decay = float(ema.cur_decay_value)
-            step += 1
-            log_sum += loss.detach().float()
-            log_count += 1
-
-            if step % config.log_every == 0 or step == config.steps:
-                mean = (accelerator.reduce(log_sum, reduction="mean") if world > 1 else log_sum).item() / log_count
-                if not math.isfinite(mean):
-                    raise FloatingPointError(
-                        f"{desc}: the training loss is {mean} at step {step}; lower lr or set grad_clip. "
-                        f"{last_path} holds the last good checkpoint."
-                    )
-                lr = scheduler.get_last_lr()[0]
-                gn = float(grad_norm) if grad_norm is not None else float("nan")
-                if log_file is not None:
-                    writer.writerow([step, mean, lr, ema_decay, gn, round(elapsed0 + time.perf_counter() - t0, 3)])
-                    log_file.flush()
-                bar.set_postfix(loss=f"{mean:.4g}", lr=f"{lr:.2e}", refresh=False)
-                log_sum, log_count = torch.zeros((), device=device), 0
+        state.wrapper.train()
+        while state.step < config.steps:
+            grad_norm = state.optimise(x, cond)
+            if state.step % config.log_every == 0 or state.step == config.steps:
+                row = state.log_row(state.elapsed0 + time.perf_counter() - t0, grad_norm, desc, checkpoints.last_path)
+                log.write(row)
+                bar.set_postfix(loss=f"{row[1]:.4g}", lr=f"{row[2]:.2e}", refresh=False)
             bar.update(1)
-
-            paths = []
-            if step in kept:  # last.pt too, so that a kept file never outlives the run it belongs to
-                paths.append(out_dir / _kept_name(step))
-            if paths or step % config.checkpoint_every == 0 or step == config.steps:
-                paths.append(last_path)
-            if paths:
-                save(paths, elapsed0 + time.perf_counter() - t0)
+            if paths := checkpoints.due(state.step):
+                saved = state.state_dict(state.elapsed0 + time.perf_counter() - t0)  # collectives on every process
+                if saved is not None:
+                    checkpoints.save(saved, paths)
+                accelerator.wait_for_everyone()
     finally:
         bar.close()
-        if log_file is not None:
-            log_file.close()
+        log.close()
 
-    wall = elapsed0 + time.perf_counter() - t0
+    wall = state.elapsed0 + time.perf_counter() - t0
     accelerator.wait_for_everyone()
-    return TrainResult(
-        step=step, losses=_read_log(log_path), checkpoints=kept_checkpoints(out_dir), wall_time_s=wall,
-        last=last_path, resumed_from=resumed_from,
-    )
+    return TrainResult(step=state.step, losses=log.rows(), checkpoints=kept_checkpoints(out_dir), wall_time_s=wall,
+                       last=checkpoints.last_path, resumed_from=resumed_from)
 
 
 def _to_cpu(obj: Any) -> Any:

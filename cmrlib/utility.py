@@ -50,15 +50,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import generation, metrics, report, training
-from .data.records import SliceSet, write_json
-from .fidelity import segment
+from . import generation, metrics, registry, report, segmenters, training
+from .data.records import SliceSet
+from .jsonio import write_json
 from .labels import FOREGROUND
-from .models import SegmentationModel, one_hot
+from .models import SegmentationModel
 from .parallel import map_jobs
-from .params import ARMS, StudyParams
+from .params import StudyParams
 from .paths import RunPaths
-from .stats import bootstrap_mean, holm, mean_and_spread, paired_wilcoxon
+from .seeds import seed_for
+from .segmenters import segment
+from .stats import bootstrap_mean, format_interval, holm, mean_and_spread, paired_wilcoxon
 
 STAGE = "40_utility"
 CHECKPOINT_DIR = "utility"
@@ -102,8 +104,9 @@ def n_real_grid(params: StudyParams, splits: dict) -> list[int]:
     return sorted(set(out))
 
 
-def plan(params: StudyParams, splits: dict, arms=ARMS) -> list[Run]:
-    """Every training run the params ask for, seed by seed."""
+def plan(params: StudyParams, splits: dict, arms=None) -> list[Run]:
+    """Every training run the params ask for, seed by seed (default arms: every registered one)."""
+    arms = registry.names() if arms is None else arms
     u = params.utility
     grid = n_real_grid(params, splits)
     runs = []
@@ -154,7 +157,7 @@ def training_set(params: StudyParams, paths: RunPaths, slices: SliceSet, splits:
                 raise ValueError(f"utility.synthetic_ratio={ratio} asks for {m} synthetic slices with {len(rows)} real "
                                  f"ones ({run.name}), but samples/{run.arm}/synthetic.npz holds {len(take)}; lower the "
                                  "ratio, set it to null (the whole synthetic set) or raise generators.n_synthetic")
-            rng = np.random.default_rng(generation.seed_for(params.seed, "utility", "synthetic", run.arm, str(run.seed)))
+            rng = np.random.default_rng(seed_for(params.seed, "utility", "synthetic", run.arm, str(run.seed)))
             take = np.sort(rng.permutation(len(take))[:m])
         images.append(syn["images"][take])
         masks.append(syn["masks"][take])
@@ -164,14 +167,11 @@ def training_set(params: StudyParams, paths: RunPaths, slices: SliceSet, splits:
 
 
 def build_segmenter(params: StudyParams) -> SegmentationModel:
-    return SegmentationModel(widths=params.utility.segmenter.widths, augment="monai" if params.utility.augment else "flips")
+    return segmenters.build(params.utility.segmenter, augment="monai" if params.utility.augment else "flips")
 
 
 def train_config(params: StudyParams, run: Run) -> training.TrainConfig:
-    p = params.utility.segmenter
-    return training.TrainConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
-                                warmup_steps=p.warmup_steps, ema_max_decay=0.999, checkpoint_every=max(1, p.steps // 4),
-                                keep_fractions=(1.0,), seed=generation.seed_for(params.seed, "train", CHECKPOINT_DIR, run.name))
+    return segmenters.train_config(params.utility.segmenter, seed_for(params.seed, "train", CHECKPOINT_DIR, run.name))
 
 
 def train_run(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, run: Run, progress: bool = True
@@ -186,11 +186,9 @@ def train_run(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: di
     if cfg.batch_size > len(data.images):
         raise ValueError(f"utility.segmenter.batch_size={cfg.batch_size} exceeds the {len(data.images)} training slices "
                          f"of {run.name}; lower it or raise utility.n_real_patients")
-    x = torch.from_numpy(data.images)[:, None]
-    result = training.train(model, x, one_hot(torch.from_numpy(data.masks)), cfg, paths.checkpoints / CHECKPOINT_DIR / run.name,
-                            desc=run.name, progress=progress)
-    training.load_checkpoint(result.last, model, weights="ema")
-    return model.to(generation.device()).eval(), result, data
+    model, result = segmenters.train(model, data.images, data.masks, cfg, paths.checkpoints / CHECKPOINT_DIR / run.name,
+                                     desc=run.name, progress=progress)
+    return model, result, data
 
 
 # -- scoring -------------------------------------------------------------------------------------------------------
@@ -297,7 +295,7 @@ def _train_and_score(params: StudyParams, paths: RunPaths, slices: SliceSet, spl
     return out
 
 
-def run_all(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, arms=ARMS) -> Results:
+def run_all(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, arms=None) -> Results:
     """Train (or load) every run of :func:`plan` and score it on every evaluation set, ``utility.workers`` runs at
     once (:func:`cmrlib.parallel.map_jobs`)."""
     sets = {name: np.flatnonzero(slices.meta["split"].to_numpy() == name) for name in eval_sets(splits)}
@@ -314,11 +312,12 @@ def run_all(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict
                    {run.name: d["losses"] for run, d in zip(runs, done)})
 
 
-def against_training_step(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, arms=ARMS) -> pd.DataFrame:
+def against_training_step(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, arms=None) -> pd.DataFrame:
     """The compute axis: real + synthetic at the fewest real patients (first seed), the synthetic part being the
     ``generators.n_synthetic_per_checkpoint`` images of each kept generator checkpoint
     (:func:`cmrlib.generation.synthetic_by_step`, the same stage-1 masks at every step); in-domain test mean foreground
     Dice per patient with its bootstrap interval. One row per (arm, step); ``utility.workers`` runs at once."""
+    arms = registry.names() if arms is None else arms
     u = params.utility
     n, seed = n_real_grid(params, splits)[0], u.seeds[0]
     runs = [Run("real+synthetic", arm, n, seed, step) for arm in arms
@@ -330,7 +329,7 @@ def against_training_step(params: StudyParams, paths: RunPaths, slices: SliceSet
     for run, d in zip(runs, done):
         pp = per_patient(d["volumes"][0])
         iv = bootstrap_mean(pp["dice_mean"].to_numpy(), None, n_boot=u.bootstrap, level=u.confidence,
-                            seed=generation.seed_for(params.seed, "bootstrap", "utility", run.name))[0]
+                            seed=seed_for(params.seed, "bootstrap", "utility", run.name))[0]
         out.append({"arm": run.arm, "step": int(run.step), "n_real_patients": n, "n_synthetic_images": d["model"]["n_synthetic_images"],
                     "seed": seed, "dice_mean": iv.estimate, "dice_mean_low": iv.low, "dice_mean_high": iv.high,
                     "n_patients": len(pp), "train_wall_time_s": d["model"]["train_wall_time_s"]})
@@ -359,7 +358,7 @@ def summary(params: StudyParams, results: Results) -> pd.DataFrame:
         seeds = sorted(d["seed"].unique().tolist())
         pp = _seed_mean(d, "patient", value_cols)
         boot = lambda values, groups, what: bootstrap_mean(values, groups, n_boot=u.bootstrap, level=u.confidence,
-                                                          seed=generation.seed_for(params.seed, "bootstrap", "utility", what, key))
+                                                          seed=seed_for(params.seed, "bootstrap", "utility", what, key))
         iv = dict(zip(value_cols, boot(pp[value_cols].to_numpy(), None, "patients")))
         s = sl[(sl.run.isin(d.run.unique())) & (sl.eval_set == eval_set)]
         ps = _seed_mean(s, "row", ["dice_reference_protocol", *[f"hd95_one_sided_{x}" for x in STRUCTURES]])
@@ -389,20 +388,16 @@ def summary(params: StudyParams, results: Results) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     table["p_holm"] = holm(table["p_value"].to_numpy(dtype=np.float64))
     sets = list(dict.fromkeys(["test", *sorted(table["eval_set"].unique())]))
-    order = [table["regime"].map(REGIMES.index), table["arm"].map([NO_ARM, *ARMS].index), table["n_real_patients"],
+    order = [table["regime"].map(REGIMES.index), table["arm"].map([NO_ARM, *registry.names()].index), table["n_real_patients"],
              table["eval_set"].map(sets.index)]
     return table.iloc[np.lexsort(order[::-1])].reset_index(drop=True)
 
 
-def _cell(est: float, low: float, high: float, digits: int = 3) -> str:
-    if not np.isfinite(est):
-        return "n/a"
-    return f"{est:.{digits}f}" + (f" [{low:.{digits}f}, {high:.{digits}f}]" if np.isfinite(low) and np.isfinite(high) else "")
 
 
 def dice_table(table: pd.DataFrame, column: str = "dice_mean", low: str = "dice_mean_low", high: str = "dice_mean_high") -> pd.DataFrame:
     """Wide view: one row per (regime, arm, n real patients), one column per evaluation set, ``estimate [low, high]``."""
-    t = table.assign(cell=[_cell(r[column], r[low], r[high]) for _, r in table.iterrows()])
+    t = table.assign(cell=[format_interval(r[column], r[low], r[high]) for _, r in table.iterrows()])
     wide = t.pivot_table(index=["regime", "arm", "n_real_patients"], columns="eval_set", values="cell", aggfunc="first", sort=False)
     return wide[[c for c in t["eval_set"].unique()]]
 
@@ -410,7 +405,7 @@ def dice_table(table: pd.DataFrame, column: str = "dice_mean", low: str = "dice_
 def delta_table(table: pd.DataFrame) -> pd.DataFrame:
     """Change of mean foreground Dice against real-only, with its interval and the Holm-corrected p-value."""
     t = table[table.regime != "real"].copy()
-    t["delta"] = [_cell(r.delta_vs_real, r.delta_low, r.delta_high) for r in t.itertuples()]
+    t["delta"] = [format_interval(r.delta_vs_real, r.delta_low, r.delta_high) for r in t.itertuples()]
     t["p_holm"] = t["p_holm"].map(lambda p: "n/a" if not np.isfinite(p) else f"{p:.3g}")
     wide = t.pivot_table(index=["regime", "arm", "n_real_patients", "baseline_n"], columns="eval_set", values=["delta", "p_holm"],
                          aggfunc="first", sort=False)

@@ -57,8 +57,9 @@ GOOD = (IMAGE, MASK)
                  r"keep_fractions must be increasing values in \(0, 1\], got \[0\.5, 0\.25\]", id="keep_fractions_order"),
     pytest.param(["generators.fm.train.keep_fractions=[0.5, 1.5]"],
                  r"keep_fractions must be increasing values in \(0, 1\], got \[0\.5, 1\.5\]", id="keep_fractions_range"),
-    pytest.param(["generators.mask_prior.family=flow"],
-                 r"sample\.sampler 'ddim' does not fit family 'flow'; choose one of euler, midpoint, heun", id="sampler_family"),
+    pytest.param(["generators.mask_prior.family=diffusion"],
+                 r"sample\.sampler 'midpoint' does not fit family 'diffusion'; choose one of ancestral, ddim, dpmsolver\+\+",
+                 id="sampler_family"),
 ])
 def test_params_overrides_are_checked(overrides, message):
     with pytest.raises(ParamsError, match=message) as err:
@@ -429,7 +430,7 @@ def test_privacy_gate_needs_both_numbers(copy_share):
                  id="no_privacy_json"),
     pytest.param("ldm", None, KeyError, r"privacy\.json has no privacy results for arm 'ldm'", id="no_privacy_row"),
     pytest.param("ddpm", "samples/ddpm/samples.csv", FileNotFoundError,
-                 r"samples/ddpm/samples\.csv does not exist: it is written by the notebook 20_ddpm; run it first",
+                 r"samples/ddpm/samples\.csv does not exist: it is written by the stage 20_generator\[ddpm\]; run it first",
                  id="no_samples_csv"),
 ])
 def test_export_missing_inputs(tmp_path, arm, remove, error, message):

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from cmrlib import fidelity, metrics, params as params_mod, stats
+from cmrlib import fidelity, segmenters, metrics, params as params_mod, stats
 from cmrlib.data import prepare
 from cmrlib.generation import save_samples
 from cmrlib.paths import RunPaths
+from builders import tiny_params
 
 RNG = np.random.default_rng(0)
 FEATS = RNG.normal(size=(300, 8))
@@ -130,16 +131,10 @@ def test_bootstrap_ignores_nan_and_handles_several_columns():
 def tiny_run(tmp_path_factory):
     """A tiny phantom run with a trained reference segmenter and fake arms: an 'oracle' generator that returns the real
     test image of each mask, and a 'noise' generator."""
-    p = params_mod.validate({
-        "run_name": "fid", "seed": 1,
-        "data": {"image_size": 32, "crop_mm": 150.0, "n_train_patients": 4, "n_holdout_patients": 1, "n_test_patients": 3,
-                 "phantom": {"patients_per_domain": 4, "slices_per_volume": 6}},
-        "fidelity": {"segmenter": {"widths": [8, 16, 32], "steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 3},
-                     "kid_subsets": 5, "diversity_pairs": 10, "bootstrap": 50},
-    })
+    p = tiny_params("fid", seed=1)
     paths = RunPaths(tmp_path_factory.mktemp("run"))
     slices = prepare(p, paths)
-    segmenter, result = fidelity.reference_segmenter(p, paths, slices)
+    segmenter, result = segmenters.reference_segmenter(p, paths, slices)
     ref = fidelity.reference(p, slices, segmenter)
     rng = np.random.default_rng(0)
     for arm, images in (("ddpm", ref.images), ("fm", rng.uniform(-1, 1, ref.images.shape).astype(np.float32))):
@@ -150,11 +145,11 @@ def tiny_run(tmp_path_factory):
 
 def test_reference_segmenter_beats_a_constant_prediction_and_is_cached(tiny_run):
     p, paths, slices, segmenter, result, ref = tiny_run
-    dice = metrics.dice_per_structure(fidelity.segment(segmenter, ref.images), ref.masks)
+    dice = metrics.dice_per_structure(segmenters.segment(segmenter, ref.images), ref.masks)
     for label in range(4):  # every constant label map scores lower
         constant = metrics.dice_per_structure(np.full_like(ref.masks, label), ref.masks)
         assert np.nanmean(dice) > np.nanmean(constant) + 0.05
-    again, resumed = fidelity.reference_segmenter(p, paths, slices)  # cached: returns at once
+    again, resumed = segmenters.reference_segmenter(p, paths, slices)  # cached: returns at once
     assert resumed.resumed_from == result.step == p.fidelity.segmenter.steps
 
 
@@ -231,7 +226,7 @@ def test_steps_curve_with_each_arms_1000_step_reference(smoke_run):
     p = p.model_copy(update={"fidelity": p.fidelity.model_copy(update={"reference_sampling": True, "steps_grid": [1, 4]})})
     paths = RunPaths(run_dir)
     slices, _ = data.load(paths)
-    segmenter, _ = fidelity.reference_segmenter(p, paths, slices)
+    segmenter, _ = segmenters.reference_segmenter(p, paths, slices)
     ref = fidelity.reference(p, slices, segmenter)
     steps = fidelity.steps_against_quality(p, paths, ref, segmenter, arms=("ldm", "fm"))
     ldm, fm = p.generators.ldm.sample.sampler, p.generators.fm.sample.sampler

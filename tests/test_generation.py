@@ -1,17 +1,11 @@
-"""Generation helpers: seeds, the samples table, clear errors for missing artefacts."""
+"""Generation helpers: the samples table, kept checkpoints, clear errors for missing artefacts."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from cmrlib import generation, params
+from cmrlib import generation, params, registry
 from cmrlib.paths import RunPaths
-
-
-def test_seed_for_is_stable_and_distinct_per_purpose():
-    assert generation.seed_for(0, "paired", "ddpm") == generation.seed_for(0, "paired", "ddpm")
-    seeds = {generation.seed_for(s, p, a) for s in (0, 1) for p in ("paired", "synthetic") for a in ("ddpm", "ldm", "fm")}
-    assert len(seeds) == 12
 
 
 def test_save_samples_replaces_its_row_and_round_trips(tmp_path):
@@ -32,7 +26,7 @@ def test_missing_samples_and_checkpoints_name_the_notebook(tmp_path):
     with pytest.raises(FileNotFoundError, match="10_mask_prior"):
         generation.load_samples(paths, "mask_prior", "masks")
     p = params.load(params.project_root() / "params/smoke.yaml")
-    with pytest.raises(FileNotFoundError, match="22_flow_matching"):
+    with pytest.raises(FileNotFoundError, match=r"20_generator\[fm\]"):
         generation.load_arm(p, paths, "fm")
 
 
@@ -51,10 +45,10 @@ def test_kept_checkpoints_are_ordered_distinct_loadable_and_sampled(smoke_run):
     _, run_dir, _ = smoke_run
     paths = RunPaths(run_dir)
     p = params.load(run_dir / "params.yaml")
-    for arm in generation.ARMS:
+    for arm in registry.names():
         kept = training.kept_checkpoints(paths.checkpoints / arm)
         steps = list(kept)
-        assert steps == sorted(steps) and len(steps) >= 3 and steps[-1] == p.generators.arm(arm).train.steps
+        assert steps == sorted(steps) and len(steps) >= 3 and steps[-1] == registry.get(arm).params(p).train.steps
         weights = []
         for step in steps:
             model, ckpt = generation.load_arm(p, paths, arm, step=step)

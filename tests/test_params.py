@@ -17,7 +17,7 @@ def write(tmp_path, text):
 
 
 @pytest.mark.parametrize("name", ["smoke", "default"])
-def test_shipped_params_validate(name):
+def test_shipped_phantom_params_validate(name):
     p = params.load(REPO / "params" / f"{name}.yaml")
     assert p.run_name == name
 
@@ -73,3 +73,81 @@ def test_resolved_params_round_trip(tmp_path):
     p = params.load(REPO / "params" / "default.yaml", ["seed=3"])
     again = params.load(p.to_yaml(tmp_path / "resolved.yaml"))
     assert again == p
+
+
+# -- one source of defaults: every shipped file is an overlay on the default recipe ------------------------------
+def _leaves(tree, prefix=()):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, (*prefix, key))
+    else:
+        yield prefix, tree
+
+
+def _at(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _stated(raw, path) -> bool:
+    """Whether the file states the value at ``path`` (itself or a section above it that is not a mapping)."""
+    node = raw
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return not isinstance(node, dict)
+        node = node[key]
+    return True
+
+
+@pytest.mark.parametrize("name", ["default", "smoke", "acdc", "mnms", "paper"])
+def test_what_a_shipped_file_does_not_state_is_the_default_recipe(name, tmp_path):
+    path = REPO / "params" / f"{name}.yaml"
+    raw = params._parse_yaml(path.read_text())
+    loaded = params.load(path, [f"data.root={tmp_path}"] if raw.get("data", {}).get("source", "phantom") != "phantom" else [])
+    resolved, recipe = loaded.model_dump(mode="json"), params.recipe()
+    unstated = [p for p, _ in _leaves(recipe) if not _stated(raw, p) and p != ("data", "root")]
+    assert unstated, "the test must compare something"
+    for p in unstated:
+        assert _at(resolved, p) == _at(recipe, p), f"{name}.yaml: {'.'.join(p)} differs from the default recipe"
+
+
+def test_the_real_data_files_get_the_default_recipes_generators_samplers_and_evaluation(tmp_path):
+    recipe = params.StudyParams(run_name="x")
+    for name in ("acdc", "mnms"):
+        p = params.load(REPO / "params" / f"{name}.yaml", [f"data.root={tmp_path}"])
+        for section in ("generators", "fidelity", "utility", "privacy"):
+            assert getattr(p, section) == getattr(recipe, section), f"{name}.yaml: {section} is not the default recipe's"
+
+
+def test_the_default_file_is_the_recipe_and_the_smoke_run_uses_its_families():
+    default, recipe = params.load(REPO / "params/default.yaml"), params.StudyParams(run_name="default")
+    assert default.generators == recipe.generators and default.data == recipe.data
+    smoke = params.load(REPO / "params/smoke.yaml")
+    assert smoke.generators.mask_prior.family == default.generators.mask_prior.family == "flow"
+    for arm in ("mask_prior", "ddpm", "ldm", "fm"):
+        assert getattr(smoke.generators, arm).sample.sampler == getattr(default.generators, arm).sample.sampler
+
+
+def test_a_partial_section_keeps_the_rest_of_the_recipe(tmp_path):
+    path = write(tmp_path, "run_name: x\ngenerators:\n  ldm:\n    train: {batch_size: 8}\n")
+    p, recipe = params.load(path), params.StudyParams(run_name="x")
+    assert p.generators.ldm.train.batch_size == 8
+    assert p.generators.ldm.train.steps == recipe.generators.ldm.train.steps == 2000  # not TrainParams' own 800
+    assert p.generators.ddpm == recipe.generators.ddpm
+
+
+def test_the_loops_defaults_agree_with_the_recipe():
+    from cmrlib.training import TrainConfig
+
+    budget, config = params.TrainParams(), TrainConfig()
+    for key in ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "ema_max_decay",
+                "checkpoint_every"):
+        assert getattr(config, key) == getattr(budget, key), key
+    assert list(config.keep_fractions) == budget.keep_fractions
+
+
+def test_the_resolved_params_print(capsys):
+    assert params.main([str(REPO / "params/smoke.yaml"), "--set", "seed=4"]) == 0
+    printed = params._parse_yaml(capsys.readouterr().out)
+    assert printed["seed"] == 4 and printed["generators"]["ldm"]["train"]["lr"] == params.TrainParams().lr

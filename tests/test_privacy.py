@@ -4,17 +4,17 @@ honest "generators", an overfitted model against an untrained one, and the axis 
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from scipy.spatial.distance import cdist
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from cmrlib import fidelity, models, params as params_mod, privacy
+from cmrlib import models, params as params_mod, privacy, segmenters
 from cmrlib.data import prepare
 from cmrlib.generation import save_samples
 from cmrlib.metrics import privacy as mp
 from cmrlib.paths import RunPaths
+from builders import tiny_params
 
 RNG = np.random.default_rng(0)
 
@@ -133,16 +133,12 @@ def test_calibrated_attack_never_fits_on_the_patients_it_scores():
 def tiny_run(tmp_path_factory):
     """A tiny phantom run with a reference segmenter, fake arms (``ddpm`` returns training images, ``fm`` holdout
     images, half of each lightly noised) and a mask prior that returns training masks."""
-    p = params_mod.validate({
-        "run_name": "priv", "seed": 2,
-        "data": {"image_size": 32, "crop_mm": 150.0, "n_train_patients": 6, "n_holdout_patients": 6, "n_test_patients": 6,
-                 "phantom": {"patients_per_domain": 10, "slices_per_volume": 6}},
-        "fidelity": {"segmenter": {"widths": [8, 16, 32], "steps": 20, "batch_size": 8, "lr": 3e-3, "warmup_steps": 3}},
-        "privacy": {"bootstrap": 200, "mia_snr": [0.3, 3.0], "mia_draws": 1},
-    })
+    p = tiny_params("priv", seed=2,
+                    data={"n_train_patients": 6, "n_holdout_patients": 6, "n_test_patients": 6, "phantom": {"patients_per_domain": 10}},
+                    fidelity={"segmenter": {"steps": 20}}, privacy={"bootstrap": 200, "mia_snr": [0.3, 3.0], "mia_draws": 1})
     paths = RunPaths(tmp_path_factory.mktemp("run"))
     slices = prepare(p, paths)
-    segmenter, _ = fidelity.reference_segmenter(p, paths, slices)
+    segmenter, _ = segmenters.reference_segmenter(p, paths, slices)
     ref = privacy.reference(p, slices, segmenter)
     rng = np.random.default_rng(0)
     for arm, source in (("ddpm", ref.train), ("fm", ref.holdout)):

@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from cmrlib import metrics, params as params_mod, utility
+from cmrlib import metrics, utility
 from cmrlib.data import prepare
 from cmrlib.generation import save_samples
 from cmrlib.models import SegmentationModel, one_hot
 from cmrlib.paths import RunPaths
+from builders import tiny_params
 
 LV, MYO, RV = 1, 2, 3
 
@@ -119,13 +120,9 @@ def test_augmentation_is_reproducible_and_flips_only_keeps_the_old_config():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A 32-px phantom run with a fake 'ddpm' synthetic set (noise images on training masks)."""
-    p = params_mod.validate({
-        "run_name": "util", "seed": 2,
-        "data": {"image_size": 32, "crop_mm": 150.0, "n_train_patients": 4, "n_holdout_patients": 1, "n_test_patients": 2,
-                 "n_cross_patients": 2, "phantom": {"patients_per_domain": 4, "slices_per_volume": 5}},
-        "utility": {"segmenter": {"widths": [8, 16, 32], "steps": 40, "batch_size": 8, "lr": 3e-3, "warmup_steps": 3},
-                    "n_real_patients": [2, None], "bootstrap": 50, "augment": True},
-    })
+    p = tiny_params("util", seed=2,
+                    data={"n_test_patients": 2, "n_cross_patients": 2, "phantom": {"slices_per_volume": 5}},
+                    utility={"segmenter": {"steps": 40}, "n_real_patients": [2, None], "augment": True})
     paths = RunPaths(tmp_path_factory.mktemp("run"))
     slices = prepare(p, paths)
     splits = json.loads(paths.splits.read_text())

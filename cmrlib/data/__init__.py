@@ -25,7 +25,8 @@ from ..paths import RunPaths
 from . import acdc, acdc_h5, mnms, nifti, phantom
 from .io import Case, DuplicateCaseError, LayoutError
 from .preprocess import concat, preprocess_volume
-from .records import METADATA_FILE, SLICES_FILE, BadCaseError, SliceSet, Volume, write_json
+from ..jsonio import write_json
+from .records import METADATA_FILE, SLICES_FILE, BadCaseError, SliceSet, Volume
 from .splits import assign, load_splits, make_splits, save_splits
 
 __all__ = ["BadCaseError", "DuplicateCaseError", "LayoutError", "SliceSet", "Volume", "prepare", "load", "build_slices", "SOURCES"]

@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,24 +86,3 @@ class SliceSet:
             images, masks = arrays["images"], arrays["masks"]
         meta = pd.read_csv(folder / METADATA_FILE, dtype={"patient": str, "domain": str, "dataset": str})
         return cls(images, masks, meta)
-
-
-def jsonable(value):
-    """Plain JSON values: NaN as null, an infinity as the string "inf" / "-inf", numpy scalars as Python numbers."""
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return None if math.isnan(value) else (str(float(value)) if math.isinf(value) else float(value))
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def write_json(path: str | Path, obj: object) -> Path:
-    """Write JSON atomically, as :func:`jsonable` values (valid JSON: no NaN)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n")
-    return path

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .records import write_json
+from ..jsonio import write_json
 
 IN_DOMAIN = ("train", "holdout", "test")
 

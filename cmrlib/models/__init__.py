@@ -4,12 +4,15 @@ Every model is an ``nn.Module`` with ``config`` (every hyperparameter, stored in
 - ``loss(x, cond, generator)``: the training loss of a batch; all randomness from ``generator``;
 - ``sample(cond, *, sampler, steps, generator, n=None)``: one sample per conditioning map (or ``n`` unconditional);
 - ``error_at(x, cond, snr, generator, draws)``: per-sample denoising (or velocity) error at the noise level whose
-  signal-to-noise ratio is ``snr``, the same grid for every family (used by the membership attacks).
+  signal-to-noise ratio is ``snr``, the same grid for every family (used by the membership attacks);
+- ``noise_level(snr)``: that noise level in the family's own units (a diffusion timestep, a flow time);
+- ``denoiser``: the trained network (the UNet), for benchmarks that time it alone.
 ``cond`` is the one-hot mask (B, 4, H, W) concatenated to the network input (resized to the latent grid for the LDM).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .diffusion import SAMPLERS as DIFFUSION_SAMPLERS
@@ -24,6 +27,12 @@ FAMILIES: dict[str, type[nn.Module]] = {
 }
 
 
+def device() -> torch.device:
+    """Where models sample and are evaluated: the GPU if there is one, else the CPU (random streams differ between
+    the two)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def build(config: dict) -> nn.Module:
     """Rebuild a model from its stored ``config``."""
     family = config.get("family")
@@ -32,8 +41,4 @@ def build(config: dict) -> nn.Module:
     return FAMILIES[family](**{k: v for k, v in config.items() if k != "family"})
 
 
-def samplers_of(model: nn.Module) -> list[str]:
-    return list(FLOW_SAMPLERS if isinstance(model, FlowMatchingModel) else DIFFUSION_SAMPLERS)
-
-
-__all__ = ["SegmentationModel", "one_hot", "DiffusionModel", "FlowMatchingModel", "Autoencoder", "LatentDiffusion", "build", "samplers_of", "FAMILIES"]
+__all__ = ["SegmentationModel", "one_hot", "DiffusionModel", "FlowMatchingModel", "Autoencoder", "LatentDiffusion", "build", "device", "FAMILIES", "DIFFUSION_SAMPLERS", "FLOW_SAMPLERS"]

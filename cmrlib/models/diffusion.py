@@ -95,6 +95,15 @@ class DiffusionModel(nn.Module):
         """The training timestep whose signal-to-noise ratio abar/(1-abar) is closest to ``snr``."""
         return int(torch.argmin((self.log_snr - math.log(snr)).abs()))
 
+    def noise_level(self, snr: float) -> float:
+        """The noise level of this family at ``snr``: the timestep (see :meth:`timestep_for_snr`)."""
+        return float(self.timestep_for_snr(snr))
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The trained network (a diffusers UNet2DModel)."""
+        return self.net
+
     @torch.no_grad()
     def error_at(self, x: Tensor, cond: Tensor | None, snr: float, generator: torch.Generator, draws: int = 1) -> Tensor:
         """Per-sample noise-prediction error at the timestep matching ``snr``, averaged over ``draws`` noise draws."""

@@ -103,6 +103,15 @@ class FlowMatchingModel(nn.Module):
         x_t, u = path(x, noise, t)
         return F.mse_loss(self.velocity(x_t, t, cond), u)
 
+    def noise_level(self, snr: float) -> float:
+        """The noise level of this family at ``snr``: the time on the straight path (:func:`time_for_snr`)."""
+        return time_for_snr(snr)
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The trained network (a diffusers UNet2DModel)."""
+        return self.net
+
     @torch.no_grad()
     def error_at(self, x: Tensor, cond: Tensor | None, snr: float, generator: torch.Generator, draws: int = 1) -> Tensor:
         """Per-sample velocity error at the time whose SNR equals ``snr``, averaged over ``draws`` noise draws."""

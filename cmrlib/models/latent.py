@@ -87,6 +87,15 @@ class LatentDiffusion(nn.Module):
         """The latent UNet's noise-prediction loss on latents ``z = training_inputs(images)``."""
         return self.diffusion.loss(z, cond, generator)
 
+    def noise_level(self, snr: float) -> float:
+        """The latent model's timestep at ``snr`` (the attack runs in latent space)."""
+        return self.diffusion.noise_level(snr)
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The trained network: the latent UNet."""
+        return self.diffusion.net
+
     @torch.no_grad()
     def error_at(self, x: Tensor, cond: Tensor | None, snr: float, generator: torch.Generator, draws: int = 1) -> Tensor:
         """The latent model's noise-prediction error (the membership attack runs in latent space)."""
