@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from . import __version__
 from .params import TrainParams
 from .paths import atomic_path
+from .seeds import process_seed
 
 CHECKPOINT_FORMAT = "cmrlib.training/1"
 LAST = "last.pt"
@@ -426,12 +427,6 @@ def training_inputs(model: nn.Module, x: Tensor) -> Tensor:
     return encode(x) if callable(encode) else x
 
 
-def _seed_for(seed: int, rank: int, stream: int) -> int:
-    """A 63-bit seed for (run seed, process index, stream) so that processes and streams never share draws."""
-    digest = hashlib.sha256(f"cmrlib.training:{seed}:{rank}:{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
 class TrainingState:
     """Everything a run's next step depends on: the model (wrapped for the accelerator), AdamW, the warm-up + cosine
     schedule, the EMA, the batch and loss generators, the step, the elapsed time and the loss accumulator of the
@@ -459,9 +454,9 @@ class TrainingState:
         self.ema = EMAModel(self.params, decay=config.ema_max_decay, use_ema_warmup=True, inv_gamma=config.ema_inv_gamma,
                             power=config.ema_power, foreach=accelerator.device.type == "cuda")
         self.device = accelerator.device
-        self.batch_gen = torch.Generator().manual_seed(_seed_for(config.seed, rank, 0))
+        self.batch_gen = torch.Generator().manual_seed(process_seed(config.seed, rank, 0))
         # on the accelerator's device, as the models draw with device=x.device (its state is a small CPU tensor)
-        self.loss_gen = torch.Generator(device=self.device).manual_seed(_seed_for(config.seed, rank, 1))
+        self.loss_gen = torch.Generator(device=self.device).manual_seed(process_seed(config.seed, rank, 1))
         self.log_sum = torch.zeros((), device=self.device)  # losses summed since the last log row
         self.log_count, self.step, self.elapsed0, self.ema_decay = 0, 0, 0.0, 0.0
 

@@ -151,3 +151,10 @@ def test_the_resolved_params_print(capsys):
     assert params.main([str(REPO / "params/smoke.yaml"), "--set", "seed=4"]) == 0
     printed = params._parse_yaml(capsys.readouterr().out)
     assert printed["seed"] == 4 and printed["generators"]["ldm"]["train"]["lr"] == params.TrainParams().lr
+
+
+def test_a_file_that_is_not_a_mapping_is_refused_with_or_without_overrides(tmp_path):
+    path = write(tmp_path, "- run_name: x\n- seed: 1\n")
+    for overrides in ([], ["seed=2"]):
+        with pytest.raises(ParamsError, match=r"expected a mapping of keys to values at the top level, got list"):
+            params.load(path, overrides)
