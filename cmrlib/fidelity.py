@@ -1,4 +1,4 @@
-"""The fidelity axis: what the notebook ``30_fidelity`` calls.
+"""The fidelity axis: what the notebook ``30_fidelity`` calls (definitions: ``docs/protocol.md#fidelity``).
 
 Reads ``data/``, ``samples/<arm>/paired*.npz``, ``samples/<arm>/synthetic.npz`` and the arms' checkpoints. Writes
 ``checkpoints/reference_segmenter/`` (the reference segmenter, trained once per run on the real training patients

@@ -1,4 +1,5 @@
-"""The paper, regenerated from a run's metrics files: what the notebook ``90_paper`` calls.
+"""The paper, regenerated from a run's metrics files: what the notebook ``90_paper`` calls (the verdict rules:
+``docs/protocol.md#verdicts``).
 
 Reads ``metrics/fidelity.json``, ``metrics/utility.json`` and ``metrics/privacy.json`` (and, for the sample figure,
 ``samples/<arm>/paired.npz`` with the real test images of ``data/``). Writes ``paper/`` of the run:

@@ -1,4 +1,4 @@
-"""The privacy axis: what the notebook ``50_privacy`` calls.
+"""The privacy axis: what the notebook ``50_privacy`` calls (definitions: ``docs/protocol.md#privacy``).
 
 Reads ``data/``, ``splits.json``, ``samples/<arm>/synthetic.npz``, ``samples/mask_prior/masks.npz``, the arms'
 checkpoints and ``checkpoints/reference_segmenter/`` (trained here when notebook 30 has not). Writes

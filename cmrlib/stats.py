@@ -1,5 +1,5 @@
 """The statistics of the study in one place: bootstrap intervals over groups (patients), paired tests, and the
-multiple-comparison correction across the comparisons the paper makes.
+multiple-comparison correction across the comparisons the paper makes (``docs/protocol.md#statistics``).
 
 Slices of one patient are not independent, so intervals resample *patients* with replacement and keep all their
 slices (the cluster bootstrap); a statistic that is a mean of per-slice values is then the mean over the drawn

@@ -1,4 +1,5 @@
-"""The utility axis: does synthetic data help a segmentation network? What ``40_utility`` calls.
+"""The utility axis: does synthetic data help a segmentation network? What ``40_utility`` calls (definitions:
+``docs/protocol.md#utility``).
 
 Reads ``data/``, ``splits.json`` and ``samples/<arm>/synthetic.npz`` (images generated from stage-1 masks). Writes
 ``checkpoints/utility/<regime>_<arm>_n<k>_seed<s>/`` (one segmenter per training run; resumed, or loaded when done),

@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cmrlib import study
+from cmrlib import registry, study
 from cmrlib.data import SliceSet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,9 +35,11 @@ def test_notebook_has_one_parameters_cell_and_no_outputs(path):
     assert nb.metadata["kernelspec"]["name"] == study.KERNEL
 
 
-def test_stages_are_the_numbered_notebooks_in_order():
-    names = [s.name for s in study.discover_stages()]
-    assert names == sorted(names) and names[0] == "00_data"
+def test_stages_are_the_numbered_notebooks_in_order_with_the_generator_once_per_arm():
+    stages = study.discover_stages()
+    notebooks = [s.notebook.stem for s in stages]
+    assert notebooks == sorted(notebooks) and stages[0].name == "00_data"
+    assert [s.name for s in stages if s.arm] == [f"20_generator[{a}]" for a in registry.names()]
 
 
 def test_failure_report_names_stage_cell_and_error(tmp_path):
@@ -84,11 +86,13 @@ def test_smoke_study_runs_every_notebook_then_skips_unchanged_stages(smoke_run):
     """The smoke run of all notebooks (the README's main command with params/smoke.yaml)."""
     record, run_dir, log = smoke_run
     runs = run_dir.parent
-    assert [s.name for s in study.discover_stages()] == list(record["stages"])
-    for name, entry in record["stages"].items():
-        assert entry["status"] == "done", name
+    stages = study.discover_stages()
+    assert [s.name for s in stages] == list(record["stages"])
+    for stage in stages:
+        entry = record["stages"][stage.name]
+        assert entry["status"] == "done", stage.name
         assert entry["wall_s"] > 0 and entry["peak_rss_mb"] > 50
-        assert (run_dir / "notebooks" / f"{name}.ipynb").exists()
+        assert entry["notebook"] == stage.executed and (run_dir / stage.executed).exists()
     assert record["params_digest"] and record["versions"]["torch"]
     slices = SliceSet.load(run_dir / "data")
     assert len(slices) > 0 and (run_dir / "splits.json").exists()
