@@ -11,7 +11,10 @@
 
 NIfTI convention: a slice ``(rows, cols)`` is stored as voxel array ``(cols, rows, 1)`` (voxel axis 0 = image columns,
 as the ACDC files, so ``nibabel.load(f).get_fdata()[:, :, 0].T`` gives the slice back), float32 images in [-1, 1],
-uint8 labels (0 background, 1 LV, 2 MYO, 3 RV), in-plane spacing ``data.spacing_mm``, nominal 1 mm through-plane.
+uint8 labels (0 background, 1 LV, 2 MYO, 3 RV). The in-plane spacing is the processed pixel's size
+(:func:`cmrlib.data.preprocess.pixel_size_mm`: the crop of ``data.crop_mm`` resized to ``data.image_size``, 2.8125 mm
+by default), and the through-plane spacing :data:`THROUGH_PLANE_MM`, nnU-Net's convention for a 2D image stored as
+NIfTI (its planner then never takes the fake third axis for a slicing axis).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 
 from . import __version__, generation, registry
 from .jsonio import write_json
+from .data.preprocess import pixel_size_mm
 from .labels import CLASSES
 from .params import StudyParams
 from .params import load as load_params
@@ -106,10 +110,19 @@ def privacy_gate(params: StudyParams, results: dict, override: str | None = None
     return decision
 
 
+THROUGH_PLANE_MM = 999.0  # a 2D slice has no through-plane extent: nnU-Net's value for its fake third axis
+
+
+def pixel_spacing(params: StudyParams) -> float:
+    """The in-plane size of an exported pixel (mm)."""
+    d = params.data
+    return pixel_size_mm(d.image_size, d.crop_mm, d.spacing_mm)
+
+
 def _nifti(array: np.ndarray, spacing: float, dtype) -> "nibabel.Nifti1Image":  # noqa: F821
     import nibabel as nib
 
-    affine = np.diag([spacing, spacing, 1.0, 1.0])
+    affine = np.diag([spacing, spacing, THROUGH_PLANE_MM, 1.0])
     image = nib.Nifti1Image(np.ascontiguousarray(array.T[:, :, None]).astype(dtype), affine)
     image.header.set_xyzt_units("mm")
     return image
@@ -150,7 +163,8 @@ def data_card(params: StudyParams, paths: RunPaths, arm: str, samples: str, n: i
         "run": {"name": params.run_name, "folder": str(paths.root), "params_digest": params.digest(), "seed": params.seed},
         "training_data": {"source": params.data.source, "train_patients": params.data.n_train_patients,
                           "domains": params.data.train_domains, "image_size": params.data.image_size,
-                          "spacing_mm": params.data.spacing_mm},
+                          "pixel_size_mm": pixel_spacing(params), "resampled_to_mm": params.data.spacing_mm,
+                          "crop_mm": params.data.crop_mm},
         "generation": {k: row.get(k) for k in ("seed", "sampler", "steps", "weights", "checkpoint_step")},
         "masks": "stage-1 masks of the run's mask prior" if samples != "paired" else "real test masks",
         "fidelity": fidelity, "privacy": privacy, "privacy_gate": gate,
@@ -201,7 +215,7 @@ def export(run: str | Path, arm: str, fmt: str, out: str | Path, samples: str = 
         if fmt == "npz":
             np.savez_compressed(partial / f"{arm}_{samples}.npz", images=images, masks=masks)
         else:
-            cases = _write_pairs(images, masks, partial, params.data.spacing_mm, fmt, f"{arm}")
+            cases = _write_pairs(images, masks, partial, pixel_spacing(params), fmt, f"{arm}")
             if fmt == "nnunet":
                 write_json(partial / "dataset.json", {
                     "channel_names": {"0": "MRI"}, "labels": {name: value for value, name in CLASSES.items()},

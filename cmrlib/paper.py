@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from . import registry
+from .data.preprocess import pixel_size_mm
 from .jsonio import write_json
 from .params import StudyParams, resolve_path
 from .stats import format_interval
@@ -257,7 +258,8 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
     judged at each fraction of the budget (:func:`budget_verdicts`)."""
     d, g = params.data, params.generators
     out = {
-        "image_size": str(d.image_size), "spacing_mm": fmt(d.spacing_mm, 1), "n_train": str(d.n_train_patients),
+        "image_size": str(d.image_size), "spacing_mm": fmt(d.spacing_mm, 1), "crop_mm": fmt(d.crop_mm, 0),
+        "pixel_mm": fmt(pixel_size_mm(d.image_size, d.crop_mm, d.spacing_mm), 2), "n_train": str(d.n_train_patients),
         "n_holdout": str(d.n_holdout_patients), "n_test": str(d.n_test_patients), "n_synthetic": str(g.n_synthetic),
         "seed": str(params.seed), "n_train_slices": str(results["fidelity"]["counts"]["train_slices"]),
         "n_test_slices": str(results["fidelity"]["counts"]["test_slices"]),
@@ -362,8 +364,9 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
               "We re-examine these claims with one conditioning interface for all arms, membership inference against held-out "
               "patients of the same vendors at matched noise levels, per-patient Dice without background, and intervals."),
         ("h2", "Methods"),
-        ("p", f"**Data.** Short-axis slices of {data_text}, ED and ES frames, cropped to {n['image_size']} x {n['image_size']} "
-              f"pixels at {n['spacing_mm']} mm and scaled to [-1, 1]. Patients are split once (seed {n['seed']}): "
+        ("p", f"**Data.** Short-axis slices of {data_text}, ED and ES frames, resampled to {n['spacing_mm']} mm, cropped to "
+              f"{n['crop_mm']} mm around the heart and resized to {n['image_size']} x {n['image_size']} pixels of "
+              f"{n['pixel_mm']} mm, and scaled to [-1, 1]. Patients are split once (seed {n['seed']}): "
               f"{n['n_train']} training patients ({n['n_train_slices']} slices; the generators' members), {n['n_holdout']} "
               f"held-out patients of the same vendors (non-members), {n['n_test']} in-domain test patients "
               f"({n['n_test_slices']} slices) and {cross_split_text}."),

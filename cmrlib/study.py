@@ -3,7 +3,9 @@
     python -m cmrlib.study run params/default.yaml [--only NAME] [--from NAME] [--force] [--set key=value]
 
 Each notebook gets two parameters, ``params_path`` (the resolved params written to ``runs/<run>/params.yaml``) and
-``run_dir``; its executed copy goes to ``runs/<run>/notebooks/``. ``runs/<run>/run.json`` records versions, the git
+``run_dir``; a notebook whose parameters cell declares ``arm`` runs once per arm of :mod:`cmrlib.registry`, as the
+stages ``20_generator[ddpm]``, ... (``--only 20_generator`` selects them all). Executed copies go to
+``runs/<run>/notebooks/`` (``20_generator_<arm>.ipynb`` for an arm's stage). ``runs/<run>/run.json`` records versions, the git
 commit, the params digest and, per stage, its status, wall time and the kernel's peak memory. A stage is skipped
 when its fingerprint (params, notebook, cmrlib version and source, and the previous stage's fingerprint) is the
 one recorded and its outputs exist and load (a truncated checkpoint is not "done"), unless ``--force``. The runner

@@ -52,6 +52,7 @@ import pandas as pd
 import torch
 
 from . import generation, metrics, registry, report, segmenters, training
+from .data.preprocess import pixel_size_mm
 from .data.records import SliceSet
 from .jsonio import write_json
 from .labels import FOREGROUND
@@ -194,10 +195,9 @@ def train_run(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: di
 
 # -- scoring -------------------------------------------------------------------------------------------------------
 def pixel_spacing_mm(params: StudyParams) -> float:
-    """In-plane spacing of the processed slices: ``cmrlib.data.preprocess.preprocess_volume`` crops
-    ``max(8, round(crop_mm / spacing_mm))`` pixels at ``spacing_mm`` and resizes them to ``image_size``."""
+    """In-plane spacing of the processed slices (:func:`cmrlib.data.preprocess.pixel_size_mm`)."""
     d = params.data
-    return max(8, round(d.crop_mm / d.spacing_mm)) * d.spacing_mm / d.image_size
+    return pixel_size_mm(d.image_size, d.crop_mm, d.spacing_mm)
 
 
 def eval_sets(splits: dict) -> list[str]:

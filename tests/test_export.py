@@ -60,11 +60,14 @@ def test_nnunet_layout_is_valid_and_reads_back(tmp_path):
     labels = sorted((out / "labelsTr").glob("*.nii.gz"))
     assert [p.name for p in images] == [f"ddpm_{i:05d}_0000.nii.gz" for i in range(5)]
     assert [p.name for p in labels] == [f"ddpm_{i:05d}.nii.gz" for i in range(5)]
-    spacing = load(paths.params).data.spacing_mm
+    d = load(paths.params).data
+    pixel = round(d.crop_mm / d.spacing_mm) * d.spacing_mm / d.image_size  # the crop in mm over the pixels it became
+    assert pixel != d.spacing_mm
     for i, (ip, lp) in enumerate(zip(images, labels)):
         img, lab = nib.load(ip), nib.load(lp)
         assert img.shape == lab.shape == (18, 16, 1)
-        assert np.allclose(img.header.get_zooms(), (spacing, spacing, 1.0))
+        assert np.allclose(img.header.get_zooms(), (pixel, pixel, 999.0))  # nnU-Net's 2D convention
+        assert np.allclose(lab.affine, img.affine)
         assert np.array_equal(img.get_fdata(dtype=np.float32)[:, :, 0].T, data["images"][i])
         assert np.array_equal(np.asarray(lab.dataobj)[:, :, 0].T, data["masks"][i])
     card = json.loads((out / "data_card.json").read_text())

@@ -78,6 +78,17 @@ def scale_intensities(image: np.ndarray, percentiles: tuple[float, float] | list
     return np.clip(2.0 * (image - low) / (high - low) - 1.0, -1.0, 1.0).astype(np.float32)
 
 
+def crop_pixels(crop_mm: float, spacing_mm: float) -> int:
+    """The side of the square crop in pixels at ``spacing_mm`` (at least 8)."""
+    return max(8, round(crop_mm / spacing_mm))
+
+
+def pixel_size_mm(image_size: int, crop_mm: float, spacing_mm: float) -> float:
+    """The in-plane size of a processed pixel: the crop of :func:`crop_pixels` pixels at ``spacing_mm``, resized to
+    ``image_size`` (the default 180 mm crop at 1.5 mm, 120 pixels, resized to 64: 2.8125 mm)."""
+    return crop_pixels(crop_mm, spacing_mm) * spacing_mm / image_size
+
+
 def preprocess_volume(
     vol: Volume,
     *,
@@ -89,8 +100,7 @@ def preprocess_volume(
     """Turn one volume into processed slices; slices without any label are dropped."""
     check_volume(vol)
     image, mask = resample_inplane(vol, spacing_mm)
-    side = max(8, round(crop_mm / spacing_mm))
-    image, mask = crop_around_heart(image, mask, side)
+    image, mask = crop_around_heart(image, mask, crop_pixels(crop_mm, spacing_mm))
     image = scale_intensities(image, percentiles)
     image = np.clip(_resize(image, (image_size, image_size), labels=False), -1.0, 1.0)
     mask = _resize(mask, (image_size, image_size), labels=True).astype(np.uint8)
