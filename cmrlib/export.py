@@ -113,12 +113,6 @@ def privacy_gate(params: StudyParams, results: dict, override: str | None = None
 THROUGH_PLANE_MM = 999.0  # a 2D slice has no through-plane extent: nnU-Net's value for its fake third axis
 
 
-def pixel_spacing(params: StudyParams) -> float:
-    """The in-plane size of an exported pixel (mm)."""
-    d = params.data
-    return pixel_size_mm(d.image_size, d.crop_mm, d.spacing_mm)
-
-
 def _nifti(array: np.ndarray, spacing: float, dtype) -> "nibabel.Nifti1Image":  # noqa: F821
     import nibabel as nib
 
@@ -163,7 +157,7 @@ def data_card(params: StudyParams, paths: RunPaths, arm: str, samples: str, n: i
         "run": {"name": params.run_name, "folder": str(paths.root), "params_digest": params.digest(), "seed": params.seed},
         "training_data": {"source": params.data.source, "train_patients": params.data.n_train_patients,
                           "domains": params.data.train_domains, "image_size": params.data.image_size,
-                          "pixel_size_mm": pixel_spacing(params), "resampled_to_mm": params.data.spacing_mm,
+                          "pixel_size_mm": pixel_size_mm(params.data), "resampled_to_mm": params.data.spacing_mm,
                           "crop_mm": params.data.crop_mm},
         "generation": {k: row.get(k) for k in ("seed", "sampler", "steps", "weights", "checkpoint_step")},
         "masks": "stage-1 masks of the run's mask prior" if samples != "paired" else "real test masks",
@@ -215,7 +209,7 @@ def export(run: str | Path, arm: str, fmt: str, out: str | Path, samples: str = 
         if fmt == "npz":
             np.savez_compressed(partial / f"{arm}_{samples}.npz", images=images, masks=masks)
         else:
-            cases = _write_pairs(images, masks, partial, pixel_spacing(params), fmt, f"{arm}")
+            cases = _write_pairs(images, masks, partial, pixel_size_mm(params.data), fmt, f"{arm}")
             if fmt == "nnunet":
                 write_json(partial / "dataset.json", {
                     "channel_names": {"0": "MRI"}, "labels": {name: value for value, name in CLASSES.items()},

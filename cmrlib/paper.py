@@ -259,7 +259,7 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
     d, g = params.data, params.generators
     out = {
         "image_size": str(d.image_size), "spacing_mm": fmt(d.spacing_mm, 1), "crop_mm": fmt(d.crop_mm, 0),
-        "pixel_mm": fmt(pixel_size_mm(d.image_size, d.crop_mm, d.spacing_mm), 2), "n_train": str(d.n_train_patients),
+        "pixel_mm": fmt(pixel_size_mm(d), 2), "n_train": str(d.n_train_patients),
         "n_holdout": str(d.n_holdout_patients), "n_test": str(d.n_test_patients), "n_synthetic": str(g.n_synthetic),
         "seed": str(params.seed), "n_train_slices": str(results["fidelity"]["counts"]["train_slices"]),
         "n_test_slices": str(results["fidelity"]["counts"]["test_slices"]),

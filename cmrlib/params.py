@@ -437,10 +437,14 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
     return f"{loc}: {err['msg']} (got {err.get('input')!r})" if loc else f"{err['msg']}"
 
 
-def validate(raw: Any, source: str = "<params>") -> StudyParams:
-    """Validate plain data against :class:`StudyParams`; ``source`` (a file name) is named in every error."""
+def _require_mapping(raw: Any, source: str) -> None:
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping of keys to values at the top level, got {type(raw).__name__}")
+
+
+def validate(raw: Any, source: str = "<params>") -> StudyParams:
+    """Validate plain data against :class:`StudyParams`; ``source`` (a file name) is named in every error."""
+    _require_mapping(raw, source)
     try:
         return StudyParams.model_validate(raw)
     except ValidationError as exc:
@@ -472,8 +476,7 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> StudyParams:
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{source}: expected a mapping of keys to values at the top level, got {type(raw).__name__}")
+    _require_mapping(raw, source)  # before the overlay, which needs a mapping
     merged = overlay(recipe(), raw)
     return validate(apply_overrides(merged, overrides) if overrides else merged, source)
 

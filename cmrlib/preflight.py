@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import registry
+from .data.splits import cross_domains_of
 from .params import StudyParams
 
 
@@ -38,7 +39,7 @@ def counts_from_params(params: StudyParams) -> Counts | None:
     if d.source != "phantom":
         return None
     per_domain = d.phantom.patients_per_domain
-    cross = d.cross_domains if d.cross_domains is not None else [x for x in d.phantom.domains if x not in d.train_domains]
+    cross = cross_domains_of(d.phantom.domains, d.train_domains, d.cross_domains)
     patients = {"train": d.n_train_patients, "holdout": d.n_holdout_patients, "test": d.n_test_patients}
     patients |= {f"cross_{x}": min(per_domain, d.n_cross_patients or per_domain) for x in cross if x in d.phantom.domains}
     return Counts(patients, None, "the params (phantom)")
@@ -110,10 +111,7 @@ def problems(params: StudyParams, counts: Counts | None) -> list[str]:
     batches = {"10_mask_prior: generators.mask_prior.train.batch_size": g.mask_prior.train.batch_size,
                "30_fidelity: fidelity.segmenter.batch_size": params.fidelity.segmenter.batch_size}
     for arm in map(registry.get, registry.names()):
-        for key in arm.checkpoint_dirs.values():  # the arm's train budgets (an autoencoder's first)
-            budget = arm.params(params)
-            for part in key.split("."):
-                budget = getattr(budget, part)
+        for key, budget in arm.budgets(params).items():
             batches[f"{arm.stage}: generators.{arm.section}.{key}.batch_size"] = budget.batch_size
     for key, size in batches.items():
         if size > every:

@@ -37,6 +37,11 @@ FLOW_SAMPLERS = typing.get_args(FlowSampler)
 REFERENCE_FLOW_STEPS = 1000  # the flow arms' reference: the ODE solved with this many Euler steps
 
 
+def stage_name(notebook: str, arm: str) -> str:
+    """The runner's name for the stage of a per-arm notebook (``20_generator``) run for ``arm``."""
+    return f"{notebook}[{arm}]"
+
+
 @dataclass(frozen=True)
 class Arm:
     name: str
@@ -55,18 +60,17 @@ class Arm:
     @property
     def stage(self) -> str:
         """The runner's stage that trains and samples the arm."""
-        return f"{GENERATOR_NOTEBOOK}[{self.name}]"
+        return stage_name(GENERATOR_NOTEBOOK, self.name)
 
     @property
     def autoencoder_dir(self) -> str:
         """The checkpoint folder (under ``checkpoints/``) of the arm's autoencoder, for an arm that has one."""
         return f"{self.name}_autoencoder"
 
-    @property
-    def checkpoint_dirs(self) -> dict[str, str]:
-        """Checkpoint folder (under ``checkpoints/``) -> the dotted key of its train budget in the section."""
-        first = {self.autoencoder_dir: "autoencoder.train"} if self.autoencoder else {}
-        return first | {self.name: "train"}
+    def budgets(self, params: StudyParams) -> dict[str, Any]:
+        """The arm's train budgets by their key in its section, in training order (an autoencoder's first)."""
+        section = self.params(params)
+        return ({"autoencoder.train": section.autoencoder.train} if self.autoencoder else {}) | {"train": section.train}
 
     @property
     def outputs(self) -> list[str]:

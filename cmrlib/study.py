@@ -70,6 +70,7 @@ class Stage:
     name: str  # the notebook's stem, with [<arm>] for a notebook run once per arm
     notebook: Path
     arm: str | None = None
+    declared: frozenset[str] = frozenset()  # the names its parameters cell assigns
 
     @property
     def executed(self) -> str:
@@ -88,10 +89,11 @@ def discover_stages(folder: Path | None = None) -> list[Stage]:
     folder = folder or notebooks_dir()
     stages = []
     for path in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
-        if ARM_PARAMETER in _declared_parameters(path):
-            stages += [Stage(f"{path.stem}[{arm}]", path, arm) for arm in registry.names()]
+        declared = frozenset(_declared_parameters(path))
+        if ARM_PARAMETER in declared:
+            stages += [Stage(registry.stage_name(path.stem, arm), path, arm, declared) for arm in registry.names()]
         else:
-            stages.append(Stage(path.stem, path))
+            stages.append(Stage(path.stem, path, declared=declared))
     return stages
 
 
@@ -213,7 +215,7 @@ def execute_stage(stage: Stage, paths: RunPaths, kernel: str = KERNEL, *, force:
     if stage.arm is not None:
         parameters[ARM_PARAMETER] = stage.arm
     optional = {"force": force}
-    parameters |= {k: optional[k] for k in OPTIONAL_PARAMETERS if k in _declared_parameters(stage.notebook)}
+    parameters |= {k: optional[k] for k in OPTIONAL_PARAMETERS if k in stage.declared}
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     start = time.perf_counter()

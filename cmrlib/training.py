@@ -343,8 +343,7 @@ class Checkpointer:
         return paths
 
     def save(self, state: dict[str, Any], paths: list[Path]) -> None:
-        payload = {"format": CHECKPOINT_FORMAT, "cmrlib_version": __version__, "step": state["step"],
-                   "elapsed_s": state["elapsed_s"], **self.identity, **state}
+        payload = {"format": CHECKPOINT_FORMAT, "cmrlib_version": __version__, **self.identity, **state}
         for p in paths:
             _atomic_save(payload, p)
 

@@ -196,8 +196,7 @@ def train_run(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: di
 # -- scoring -------------------------------------------------------------------------------------------------------
 def pixel_spacing_mm(params: StudyParams) -> float:
     """In-plane spacing of the processed slices (:func:`cmrlib.data.preprocess.pixel_size_mm`)."""
-    d = params.data
-    return pixel_size_mm(d.image_size, d.crop_mm, d.spacing_mm)
+    return pixel_size_mm(params.data)
 
 
 def eval_sets(splits: dict) -> list[str]:

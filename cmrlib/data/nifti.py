@@ -32,11 +32,14 @@ def _load(row: dict[str, str], base: Path, line: int, csv: Path) -> Volume:
                   phase=row["phase"], spacing=spacing, source=str(image), extra={"frame": frame})
 
 
+def case_list(data) -> Path:
+    """The case list ``data.csv``: as given when absolute, else below ``data.root``."""
+    return Path(data.csv) if Path(data.csv).is_absolute() else Path(data.root) / data.csv
+
+
 def listed_files(data) -> list[Path]:
     """The files the case list names by absolute path (outside ``data.root``); the list itself if it is outside."""
-    csv = Path(data.csv)
-    if not csv.is_absolute():
-        csv = Path(data.root) / csv
+    csv = case_list(data)
     files = [] if csv.is_relative_to(data.root) else [csv]
     if csv.is_file():
         table = read_csv(csv, "case list")
@@ -46,7 +49,7 @@ def listed_files(data) -> list[Path]:
 
 def volumes(data, seed: int = 0) -> Iterator[Case]:
     root = require_root(data.root, "NIfTI folder", LAYOUT)
-    csv = Path(data.csv) if Path(data.csv).is_absolute() else root / data.csv
+    csv = case_list(data)
     if not csv.is_file():
         raise LayoutError(f"NIfTI folder: {csv} not found. {LAYOUT}")
     table = read_csv(csv, "case list")

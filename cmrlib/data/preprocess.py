@@ -83,10 +83,10 @@ def crop_pixels(crop_mm: float, spacing_mm: float) -> int:
     return max(8, round(crop_mm / spacing_mm))
 
 
-def pixel_size_mm(image_size: int, crop_mm: float, spacing_mm: float) -> float:
-    """The in-plane size of a processed pixel: the crop of :func:`crop_pixels` pixels at ``spacing_mm``, resized to
-    ``image_size`` (the default 180 mm crop at 1.5 mm, 120 pixels, resized to 64: 2.8125 mm)."""
-    return crop_pixels(crop_mm, spacing_mm) * spacing_mm / image_size
+def pixel_size_mm(data) -> float:
+    """The in-plane size of a processed pixel of the data params ``data``: the crop of :func:`crop_pixels` pixels at
+    ``spacing_mm``, resized to ``image_size`` (the default 180 mm crop at 1.5 mm, 120 pixels, resized to 64: 2.8125 mm)."""
+    return crop_pixels(data.crop_mm, data.spacing_mm) * data.spacing_mm / data.image_size
 
 
 def preprocess_volume(

@@ -27,6 +27,11 @@ def _round_robin(groups: list[list[str]]) -> list[str]:
     return out
 
 
+def cross_domains_of(domains: list[str], train_domains: list[str], cross_domains: list[str] | None) -> list[str]:
+    """The cross-domain test domains: ``cross_domains`` as given, or (None) every domain that is not a training one."""
+    return [d for d in domains if d not in train_domains] if cross_domains is None else list(cross_domains)
+
+
 def make_splits(
     meta: pd.DataFrame,
     *,
@@ -43,7 +48,7 @@ def make_splits(
     missing = [d for d in train_domains if d not in domains]
     if missing:
         raise ValueError(f"data.train_domains {missing} not in the data (domains present: {domains})")
-    cross = [d for d in domains if d not in train_domains] if cross_domains is None else list(cross_domains)
+    cross = cross_domains_of(domains, train_domains, cross_domains)
     missing = [d for d in cross if d not in domains]
     if missing:
         raise ValueError(f"data.cross_domains {missing} not in the data (domains present: {domains})")
