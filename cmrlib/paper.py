@@ -267,6 +267,7 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
         "segmenter_steps": str(params.fidelity.segmenter.steps), "confidence": f"{params.fidelity.confidence:.0%}".rstrip("%"),
         "mask_prior_steps": str(g.mask_prior.train.steps), "mask_prior_sampler_steps": str(g.mask_prior.sample.steps),
         "ae_steps": str(g.ldm.autoencoder.train.steps), "n_snr": str(len(params.privacy.mia_snr)),
+        "ddpm_prediction": {"epsilon": "noise", "v_prediction": "velocity"}[g.ddpm.schedule.prediction_type] + " prediction",
         "mia_draws": str(params.privacy.mia_draws), "max_copy_share": fmt(params.export.max_copy_share, 2),
         "max_mia_auc": fmt(params.export.max_mia_auc, 2), "chance": "0.5",
         "n_cross_sets": str(len(cross_sets(results["utility"]))),
@@ -372,7 +373,7 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
               f"({n['n_test_slices']} slices) and {cross_split_text}."),
         ("p", f"**Generators.** Stage 1 draws a label map from a mask prior ({n['mask_prior_steps']} training steps, "
               f"{n['mask_prior_sampler_steps']} sampling steps); stage 2 generates an image conditioned on the one-hot map "
-              f"concatenated to the network input, for every arm. DDPM: noise prediction, {n['ddpm_train_steps']} steps of batch "
+              f"concatenated to the network input, for every arm. DDPM: {n['ddpm_prediction']}, {n['ddpm_train_steps']} steps of batch "
               f"{n['ddpm_batch']}, {n['ddpm_sampler_steps']} sampling steps. LDM: a KL autoencoder ({n['ae_steps']} steps) frozen, "
               f"then diffusion in its latent space ({n['ldm_train_steps']} steps, {n['ldm_sampler_steps']} sampling steps). FM: "
               f"rectified flow ({n['fm_train_steps']} steps, {n['fm_sampler_steps']} sampling steps). Each arm generates "

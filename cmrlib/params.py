@@ -167,6 +167,11 @@ class ScheduleParams(_Section):
     beta_start: float = Field(default=1e-4, gt=0)
     beta_end: float = Field(default=0.02, gt=0, lt=1)
     min_snr_gamma: float | None = Field(default=5.0, gt=0, description="Min-SNR-gamma loss weighting (Hang et al. 2023); null: the simple loss")
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(
+        default="epsilon", description="what the network predicts: the noise, or the velocity (Salimans & Ho 2022)")
+    clip_sample: bool = Field(
+        default=True, description="samplers clip the predicted clean image to [-1, 1] (images and masks; the LDM's "
+        "latents are never clipped, whatever this says)")
 
 
 class DiffusionSampling(_Section):
@@ -207,10 +212,10 @@ class MaskPriorParams(_Section):
 
 class DDPMParams(_Section):
     unet: UNetParams = UNetParams()
-    schedule: ScheduleParams = ScheduleParams()
+    # velocity prediction, no clipping: with noise prediction the implied clean image is far off at high noise and
+    # DDIM lost quality as its steps grew, clipped or not (docs/benchmarks.md#ddim-against-its-steps)
+    schedule: ScheduleParams = ScheduleParams(prediction_type="v_prediction", clip_sample=False)
     train: TrainParams = TrainParams()
-    # DDIM 10 reaches the ancestral 1000-step Dice on the default run (-0.015 [-0.044, +0.010]); DDIM 20 falls just
-    # short (-0.032 [-0.073, -0.000]) and DDIM 50 well short (-0.134)
     sample: DiffusionSampling = DiffusionSampling(steps=10)
 
 

@@ -219,6 +219,39 @@ def quality_against_training_step(checkpoints: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def sampler_diagnosis(sweep: pd.DataFrame, errors: pd.DataFrame) -> plt.Figure:
+    """The sampler diagnosis (:mod:`cmrlib.diagnosis`): mask Dice minus the 1000-step ancestral sampler against the
+    DDIM steps, per setting of the most varied training variant (left) and per variant, clipped (dashed) and
+    unclipped (solid) (middle), with paired 95% intervals; the noise-prediction error against log SNR per variant
+    (right)."""
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+    ddim = sweep[sweep["sampler"] == "ddim"]
+    ablated = ddim.groupby("variant")["setting"].nunique().idxmax()
+    panels = [(axes[0], ddim[ddim["variant"] == ablated], ["setting"], f"{ablated}: DDIM settings"),
+              (axes[1], ddim[ddim["setting"].isin(["ddim clipped", "ddim unclipped"])], ["variant", "setting"], "by training variant")]
+    for ax, d, by, title in panels:
+        colours = {}
+        for name, g in d.groupby(by, sort=False):  # name: a tuple of the ``by`` values
+            g = g.sort_values("steps")
+            style = "--" if name[-1] == "ddim clipped" and len(name) > 1 else "-"
+            line, = ax.plot(g["steps"], g["vs_reference"], marker="o", ls=style, color=colours.get(name[0]), label=" ".join(name))
+            colours.setdefault(name[0], line.get_color())
+            ax.fill_between(g["steps"], g["vs_reference_low"], g["vs_reference_high"], color=line.get_color(), alpha=0.12)
+        ax.axhline(0, color="grey", lw=0.8, ls=":")
+        ax.set(xscale="log", xlabel="DDIM steps", ylabel="mean Dice minus ancestral 1000", title=title)
+        ticks = sorted(d["steps"].unique())
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.legend(frameon=False, fontsize=6)
+    for variant, g in errors.groupby("variant", sort=False):
+        axes[2].plot(g["log_snr"], g["x0_mse"], marker="o", label=variant)
+    axes[2].set(xlabel="log SNR (low noise to the right)", ylabel="implied clean-image MSE", yscale="log",
+                title="error by noise level (training images)")
+    axes[2].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 # -- utility (notebook 40_utility) -----------------------------------------------------------------------------------
 def _utility_label(regime: str, arm: str) -> str:
     return regime if arm == "none" else f"{regime} ({arm})"

@@ -142,7 +142,7 @@ def _build_ldm(params: StudyParams):
     autoencoder = Autoencoder(sample_size=params.data.image_size, widths=ae.widths, latent_channels=ae.latent_channels,
                               kl_weight=ae.kl_weight)
     diffusion = dict(data_channels=ae.latent_channels, cond_channels=NUM_CLASSES, sample_size=autoencoder.latent_size,
-                     unet=_unet(p), clip_sample=False, **p.schedule.model_dump())
+                     unet=_unet(p), **{**p.schedule.model_dump(), "clip_sample": False})  # latents are not bounded
     return LatentDiffusion(autoencoder=autoencoder.config, diffusion=diffusion)
 
 
@@ -165,7 +165,7 @@ def flow_reference(section) -> tuple[str, int]:
 
 
 register(Arm("ddpm", "DDPM", "ddpm", _build_ddpm, DIFFUSION_SAMPLERS, diffusion_reference,
-             "pixel-space denoising diffusion (noise prediction, Min-SNR weighting)"))
+             "pixel-space denoising diffusion (velocity prediction, Min-SNR weighting)"))
 register(Arm("ldm", "LDM", "ldm", _build_ldm, DIFFUSION_SAMPLERS, diffusion_reference,
              "latent diffusion: a frozen KL autoencoder, diffusion on its latents", autoencoder=True))
 register(Arm("fm", "FM", "fm", _build_fm, FLOW_SAMPLERS, flow_reference,

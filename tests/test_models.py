@@ -69,9 +69,12 @@ TARGET = torch.linspace(-0.8, 0.8, SIZE * SIZE).view(1, 1, SIZE, SIZE)
 
 
 class ExactDiffusion(models.DiffusionModel):
-    def predict_noise(self, x_t, t, cond):
+    """The optimal prediction for data concentrated on TARGET: the noise, or the velocity."""
+
+    def network_output(self, x_t, t, cond):
         abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        return (x_t - abar.sqrt() * TARGET) / (1 - abar).sqrt()
+        eps = (x_t - abar.sqrt() * TARGET) / (1 - abar).sqrt()
+        return eps if self.config["prediction_type"] == "epsilon" else abar.sqrt() * eps - (1 - abar).sqrt() * TARGET
 
 
 SIGMA = 0.1
@@ -86,11 +89,42 @@ class ExactFlow(models.FlowMatchingModel):
         return TARGET + gain * (x_t - t * TARGET)
 
 
-@pytest.mark.parametrize("sampler,steps", [("ancestral", 1000), ("ancestral", 50), ("ddim", 10), ("dpmsolver++", 10)])
-def test_diffusion_samplers_land_on_the_data_under_the_exact_model(sampler, steps):
-    m = ExactDiffusion(data_channels=1, cond_channels=4, sample_size=SIZE, unet=TINY)
+@pytest.mark.parametrize("prediction", diffusion.PREDICTIONS)
+@pytest.mark.parametrize("sampler,steps", [("ancestral", 1000), ("ancestral", 50), ("ddim", 10), ("ddim", 200), ("dpmsolver++", 10)])
+def test_diffusion_samplers_land_on_the_data_under_the_exact_model(sampler, steps, prediction):
+    m = ExactDiffusion(data_channels=1, cond_channels=4, sample_size=SIZE, unet=TINY, prediction_type=prediction)
     out = m.sample(onehot_masks(4), sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0))
     assert (out - TARGET).abs().max() < 0.02
+    x0 = TARGET.expand(4, -1, -1, -1)
+    t, noise = torch.tensor([0, 300, 600, 999]), torch.randn(4, 1, SIZE, SIZE)
+    torch.testing.assert_close(m.predict_noise(m.q_sample(x0, t, noise), t, None), noise, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("prediction", diffusion.PREDICTIONS)
+def test_min_snr_weights_the_clean_image_error_alike_for_noise_and_velocity(prediction, monkeypatch):
+    """A prediction whose implied clean image is off by d everywhere costs min(SNR_t, gamma) d^2 under Min-SNR-gamma
+    in both parametrisations, and SNR_t d^2 (noise) or (SNR_t + 1) d^2 (velocity) under the simple loss."""
+    x0, d = torch.zeros(64, 1, 4, 4), 0.1
+    for gamma in (5.0, None):
+        m = models.DiffusionModel(data_channels=1, cond_channels=0, sample_size=4, unet=TINY, min_snr_gamma=gamma,
+                                  prediction_type=prediction)
+
+        def off_by_d(x_t, t, cond, m=m):
+            abar = m.alphas_cumprod[t].view(-1, 1, 1, 1)
+            eps = (x_t - abar.sqrt() * (x0 + d)) / (1 - abar).sqrt()
+            return eps if prediction == "epsilon" else abar.sqrt() * eps - (1 - abar).sqrt() * (x0 + d)
+
+        monkeypatch.setattr(m, "network_output", off_by_d)
+        loss = m.loss(x0, None, torch.Generator().manual_seed(3))
+        t = torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(3))  # the loss's draw of t
+        snr = m.log_snr[t].double().exp()
+        weight = snr.clamp(max=gamma) if gamma else (snr if prediction == "epsilon" else snr + 1)
+        assert float(loss) == pytest.approx(float((weight * d**2).mean()), rel=1e-3)
+
+
+def test_an_unknown_prediction_type_names_the_choices():
+    with pytest.raises(ValueError, match="epsilon, v_prediction"):
+        tiny_diffusion(prediction_type="sample")
 
 
 @pytest.mark.parametrize("sampler,steps,rel", [("euler", 50, 0.12), ("midpoint", 20, 0.03), ("heun", 20, 0.03)])
