@@ -23,6 +23,7 @@ not measured again, and training resumes.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ class Setting:
     steps: int
     weights: str = "ema"
     options: dict = field(default_factory=dict)
+    batch_size: int = 64
 
 
 def settings(steps=STEPS, ablation_steps=ABLATION_STEPS, reference_steps: int = 1000, ablations: bool = True) -> list[Setting]:
@@ -135,22 +137,17 @@ def error_by_timestep(model, x: torch.Tensor, cond: torch.Tensor, timesteps=TIME
 
 
 def sampler_sweep(model_for, masks: np.ndarray, patients: np.ndarray, judge, sweep: list[Setting], seed: int,
-                  n_boot: int = 1000, batch_size: int = 64, desc: str = "") -> pd.DataFrame:
+                  n_boot: int = 1000, desc: str = "") -> pd.DataFrame:
     """Mask faithfulness of each setting (``model_for(weights)`` gives the model), the last setting being the
     reference: per setting the mean Dice over ``masks``, its difference from the reference on the same masks with a
     paired bootstrap interval over ``patients``, and seconds per image."""
     dice, rows = [], []
     for s in tqdm(sweep, desc=f"{desc} sampler sweep", unit="setting"):
         model = model_for(s.weights)
-        g = torch.Generator(device=device()).manual_seed(seed)  # the same noise for every setting
-        start = time.perf_counter()
-        images = []
-        for b in range(0, len(masks), batch_size):
-            cond = generation.masks_tensor(masks[b : b + batch_size]).to(device())
-            x = model.sample(cond, sampler=s.sampler, steps=s.steps, generator=g, scheduler_options=s.options)
-            images.append(x.clamp(-1, 1)[:, 0].cpu().numpy())
+        start = time.perf_counter()  # the same noise for every setting: one seed
+        images = generation.generate(model, masks, s, seed, desc=f"{s.name} {s.steps} steps", scheduler_options=s.options)
         seconds = (time.perf_counter() - start) / len(masks)
-        per_image = np.nanmean(segmenters.mask_faithfulness(judge, np.concatenate(images), masks), 1)
+        per_image = np.nanmean(segmenters.mask_faithfulness(judge, images, masks), 1)
         dice.append(per_image)
         rows.append({"setting": s.name, "sampler": s.sampler, "steps": s.steps, "weights": s.weights,
                      "dice_mean": float(np.nanmean(per_image)), "seconds_per_image": seconds, "n": len(masks)})
@@ -198,11 +195,11 @@ def diagnose(params: StudyParams, paths: RunPaths, arm: str = "ddpm", variants=t
         error_csv, sweep_csv = out / f"{variant}_timestep_error.csv", out / f"{variant}_sampler_sweep.csv"
         if not (error_csv.exists() and sweep_csv.exists()):  # a variant measured before is not measured again
             train_variant(params, paths, arm, variant, train)
-            models = {w: load_variant(params, paths, arm, variant, w) for w in ("ema", "raw")}
-            error_by_timestep(models["ema"], x_train, c_train, seed=seed_for(params.seed, "diagnosis", "error")) \
+            model_for = functools.cache(functools.partial(load_variant, params, paths, arm, variant))  # by weights
+            error_by_timestep(model_for("ema"), x_train, c_train, seed=seed_for(params.seed, "diagnosis", "error")) \
                 .assign(variant=variant).to_csv(error_csv, index=False)
             sweep = settings(steps, reference_steps=reference_steps, ablations=ablations and variant == ABLATED)
-            sampler_sweep(models.__getitem__, masks, patients, judge, sweep, seed=seed_for(params.seed, "diagnosis", "sweep"),
+            sampler_sweep(model_for, masks, patients, judge, sweep, seed=seed_for(params.seed, "diagnosis", "sweep"),
                           desc=f"{arm} {variant}").assign(variant=variant).to_csv(sweep_csv, index=False)
         errors.append(pd.read_csv(error_csv))
         sweeps.append(pd.read_csv(sweep_csv))

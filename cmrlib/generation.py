@@ -165,14 +165,17 @@ def load_arm(params: StudyParams, paths: RunPaths, arm: str, step: int | None = 
     return model.to(device()).eval(), ckpt
 
 
-def generate(model: torch.nn.Module, masks: np.ndarray, sampling, seed: int, desc: str = "sampling") -> np.ndarray:
-    """One image per mask, in batches, reproducible from ``seed``; float32 (N, H, W) in [-1, 1]."""
+def generate(model: torch.nn.Module, masks: np.ndarray, sampling, seed: int, desc: str = "sampling",
+             scheduler_options: dict | None = None) -> np.ndarray:
+    """One image per mask, in batches, reproducible from ``seed``; float32 (N, H, W) in [-1, 1]. ``scheduler_options``
+    (diffusion models only) override the scheduler's settings, as in ``DiffusionModel.scheduler``."""
     dev = next(model.parameters()).device
     g = torch.Generator(device=dev).manual_seed(seed)
+    extra = {"scheduler_options": scheduler_options} if scheduler_options else {}
     out = []
     for i in tqdm(range(0, len(masks), sampling.batch_size), desc=desc, unit="batch"):
         cond = masks_tensor(masks[i : i + sampling.batch_size]).to(dev)
-        x = model.sample(cond, sampler=sampling.sampler, steps=sampling.steps, generator=g)
+        x = model.sample(cond, sampler=sampling.sampler, steps=sampling.steps, generator=g, **extra)
         out.append(x.clamp(-1, 1)[:, 0].cpu().numpy().astype(np.float32))
     return np.concatenate(out)
 
