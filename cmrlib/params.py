@@ -18,7 +18,7 @@ import json
 import os
 import typing
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -45,7 +45,8 @@ class PhantomParams(_Section):
     """The embedded procedural data set (``cmrlib.data.phantom``)."""
 
     domains: list[str] = Field(default=["A", "B", "C", "D"], min_length=1)
-    patients_per_domain: int = Field(default=16, ge=1)
+    patients_per_domain: int = Field(default=20, ge=1, description="8 test, 8 holdout, 8 validation and 16 "
+                                     "training patients of the two training domains")
     slices_per_volume: int = Field(default=8, ge=3, description="short-axis slices from base to apex")
     field_of_view_mm: float = Field(default=200.0, gt=0)
 
@@ -57,24 +58,79 @@ _LAYOUTS = {
     "mnms": "M&Ms' <code>/<code>_sa.nii.gz, _sa_gt.nii.gz and the information CSV, or images/, labels/, manifest.csv",
     "nifti": "NIfTI image/label pairs and the case list named by data.csv",
 }
+SourceName = Literal["phantom", "acdc", "acdc_h5", "mnms", "nifti"]
+LabelName = Literal["background", "LV", "MYO", "RV"]
+# file value -> structure; keys not strict, as a run folder's params.yaml (written as JSON data) stores them as text
+LabelMap = dict[Annotated[int, Field(strict=False)], LabelName]
+
+
+class SourceParams(_Section):
+    """Where one data source's files are and how to read them: ``data.sources.<name>`` of a run with several
+    sources (the fields of the same names in ``data`` for a run with one)."""
+
+    source: SourceName | None = Field(default=None, description="the loader (as data.source); null: the entry's name "
+                                      "(data.sources.acdc reads ACDC's official layout)")
+    root: str | None = Field(default=None, description="data folder of a real source; relative to the repository")
+    required: bool = Field(default=True, description="false: a source whose root is null is left out of the run "
+                           "(an optional cross-domain set); true: a null root is an error")
+    info_csv: str | None = Field(
+        default=None, description="M&Ms information CSV (code, vendor, centre, ED, ES), relative to the root; "
+        "null: the CSV found below the root (manifest.csv for the per-frame layout)")
+    csv: str = Field(default="cases.csv", description="case list of source nifti (patient, domain, phase, image, "
+                     "label[, frame, split]), relative to the root")
+    assumed_spacing_mm: float | None = Field(
+        default=None, gt=0, description="in-plane spacing assumed where the files store none (acdc_h5); "
+        "null: such pixels are taken at data.spacing_mm (no resampling)")
+    label_map: LabelMap | None = Field(
+        default=None, description="file label value -> LV, MYO, RV or background, for a numbering other than the "
+        "source's own (for example {200: MYO, 500: LV, 600: RV}); a value not listed is an error; null: the source's "
+        "numbering (ACDC's 1 RV, 2 MYO, 3 LV; M&Ms' and nifti's 1 LV, 2 MYO, 3 RV)")
+
+    @field_validator("root")
+    @classmethod
+    def _resolve_root(cls, value: str | None) -> str | None:
+        return None if value is None else str(resolve_path(value))
+
+    @field_validator("label_map")
+    @classmethod
+    def _whole_map(cls, value: LabelMap | None) -> LabelMap | None:
+        if value is not None and not {"LV", "MYO", "RV"} <= set(value.values()):
+            raise ValueError(f"label_map {value} must name a file value for each of LV, MYO and RV")
+        return value
+
+    def check(self, name: str, key: str) -> None:
+        """The root and the files it must hold exist; ``key`` (``data`` or ``data.sources.<name>``) is named."""
+        if name == "phantom":
+            return
+        if self.root is None:
+            raise ValueError(f"{key}.root is required for the {name} source: set it in the file or with --set "
+                             f"{key}.root=PATH (the folder that holds {_LAYOUTS[name]})")
+        if not Path(self.root).exists():
+            raise ValueError(f"{key}.root {self.root} does not exist (source {name!r}, expected {_LAYOUTS[name]})")
+        if name == "mnms" and self.info_csv is not None and not (Path(self.root) / self.info_csv).is_file():
+            raise ValueError(f"{key}.info_csv {Path(self.root) / self.info_csv} does not exist")
+
+
+_SOURCE_FIELDS = tuple(f for f in SourceParams.model_fields if f not in ("source", "required"))
+_SOURCE_NAMES = typing.get_args(SourceName)
 
 
 class DataParams(_Section):
-    source: Literal["phantom", "acdc", "acdc_h5", "mnms", "nifti"] = Field(
+    source: SourceName = Field(
         default="phantom", description="phantom (embedded), acdc (official NIfTI), acdc_h5 (preprocessed HDF5), "
         "mnms (M&Ms, 4D or per-frame NIfTI), nifti (a folder of NIfTI pairs listed in data.csv)")
     root: str | None = Field(default=None, description="data folder of a real source; relative to the repository")
+    sources: dict[str, SourceParams] | None = Field(
+        default=None, description="several sources in one run: name -> the source's loader, root and options (the "
+        "source fields of data, which then stay at their defaults); domain names must be unique across the sources, "
+        "and train_domains / cross_domains choose among all of them (a source none of whose domains trains is test-only)")
     on_bad_case: Literal["error", "skip"] = Field(
         default="error", description="a corrupt or inconsistent case: stop naming the file (error), or leave it out, "
         "log it and list it in data/skipped_cases.csv (skip)")
-    assumed_spacing_mm: float | None = Field(
-        default=None, gt=0, description="in-plane spacing assumed where the files store none (acdc_h5); "
-        "null: such pixels are taken at spacing_mm (no resampling)")
-    info_csv: str | None = Field(
-        default=None, description="M&Ms information CSV (code, vendor, centre, ED, ES), relative to data.root; "
-        "null: the CSV found below data.root (manifest.csv for the per-frame layout)")
-    csv: str = Field(default="cases.csv", description="case list of source nifti (patient, domain, phase, image, "
-                     "label[, frame]), relative to data.root")
+    assumed_spacing_mm: float | None = SourceParams.model_fields["assumed_spacing_mm"]
+    info_csv: str | None = SourceParams.model_fields["info_csv"]
+    csv: str = SourceParams.model_fields["csv"]
+    label_map: LabelMap | None = SourceParams.model_fields["label_map"]
     image_size: int = Field(default=64, ge=16, description="output side in pixels (64 on a CPU, 128 for the paper)")
     crop_mm: float = Field(default=180.0, gt=0, description="side of the square crop around the heart")
     spacing_mm: float = Field(default=1.5, gt=0, description="common in-plane spacing before cropping")
@@ -82,8 +138,14 @@ class DataParams(_Section):
     phases: list[Literal["ED", "ES"]] = Field(default=["ED", "ES"], min_length=1)
     train_domains: list[str] = Field(default=["A", "B"], min_length=1)
     cross_domains: list[str] | None = Field(default=None, description="cross-domain test sets; null: every other domain")
+    test_split: Literal["random", "layout"] = Field(
+        default="random", description="random: the test patients are drawn (data.n_test_patients); layout: they are "
+        "the training domains' patients that the data's own split lists as test (ACDC's testing folder, the HDF5 "
+        "layout's test.list, M&Ms' Testing folder, a split column of the nifti case list), n_test_patients unused")
     n_train_patients: int = Field(default=16, ge=1, description="the limited-data knob: the generators' training patients")
     n_holdout_patients: int = Field(default=8, ge=0, description="same-distribution non-members for the privacy attacks")
+    n_val_patients: int = Field(default=8, ge=0, description="validation patients of the training domains, never "
+                                "trained on by a generator: the set on which the recipe's choices are made")
     n_test_patients: int = Field(default=8, ge=0, description="in-domain test patients")
     n_cross_patients: int | None = Field(default=None, ge=1, description="patients per cross-domain set; null: all")
     phantom: PhantomParams = PhantomParams()
@@ -98,21 +160,48 @@ class DataParams(_Section):
         low, high = self.intensity_percentiles
         if not 0 <= low < high <= 100:
             raise ValueError(f"intensity_percentiles must satisfy 0 <= low < high <= 100, got {list(self.intensity_percentiles)}")
-        if self.source != "phantom":
-            if self.root is None:
-                raise ValueError(f"data.root is required for data.source={self.source!r}: set it in the file or with "
-                                 f"--set data.root=PATH (the folder that holds {_LAYOUTS[self.source]})")
-            if not Path(self.root).exists():
-                raise ValueError(f"data.root {self.root} does not exist (data.source={self.source!r}, expected "
-                                 f"{_LAYOUTS[self.source]})")
-            if self.source == "mnms" and self.info_csv is not None:
-                csv = Path(self.root) / self.info_csv
-                if not csv.is_file():
-                    raise ValueError(f"data.info_csv {csv} does not exist")
+        if self.sources is not None:
+            if not self.sources:
+                raise ValueError("data.sources is empty: name at least one source, or null for data.source")
+            defaults = DataParams.model_fields
+            given = [f for f in ("source", *_SOURCE_FIELDS) if getattr(self, f) != defaults[f].default]
+            if given:
+                raise ValueError(f"data.sources is given, so {', '.join('data.' + f for f in given)} must stay at "
+                                 "their defaults: give each source's loader, root and options under "
+                                 "data.sources.<name> (for example data.sources.acdc.root)")
+            for name, entry in self.sources.items():
+                if entry.source is None and name not in _SOURCE_NAMES:
+                    raise ValueError(f"data.sources.{name}: {name!r} is not a source; name its loader with "
+                                     f"data.sources.{name}.source (one of {', '.join(_SOURCE_NAMES)})")
+                if entry.root is not None or entry.required:
+                    entry.check(entry.source or name, f"data.sources.{name}")
+            if not self.source_list():
+                raise ValueError(f"every source of data.sources ({', '.join(self.sources)}) is optional and has no "
+                                 "root: give at least one root (--set data.sources.<name>.root=PATH)")
+        else:
+            SourceParams(**{f: getattr(self, f) for f in _SOURCE_FIELDS}).check(self.source, "data")
         overlap = set(self.train_domains) & set(self.cross_domains or [])
         if overlap:
             raise ValueError(f"domains {sorted(overlap)} are in both train_domains and cross_domains")
         return self
+
+    def source_list(self) -> dict[str, "DataParams"]:
+        """Each source of the run by name, as the data params of a one-source run (what the loaders read); a source
+        left out (``required: false`` with no root) is not listed."""
+        if self.sources is None:
+            return {self.source: self}
+        out = {}
+        for name, entry in self.sources.items():
+            kind = entry.source or name
+            if entry.root is not None or kind == "phantom":
+                out[name] = self.model_copy(update={"source": kind, "sources": None,
+                                                    **entry.model_dump(include=set(_SOURCE_FIELDS))})
+        return out
+
+    @property
+    def real(self) -> bool:
+        """Whether any source is real data (not the embedded phantom)."""
+        return any(s.source != "phantom" for s in self.source_list().values())
 
 
 # -- generators ------------------------------------------------------------------------------
@@ -392,7 +481,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], source: str =
             raise ParamsError(f"{source} {item!r}: empty key part in {key!r}")
         node = out
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # an empty section (data.sources: null) takes its first key
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ParamsError(f"{source} {item!r}: {part!r} is not a section")
         try:
@@ -441,6 +532,8 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
         return f"unknown key {loc!r}" + (f" (valid keys here: {', '.join(valid)})" if valid else "")
     if err["type"] == "missing":
         return f"missing key {loc!r}"
+    if isinstance(err.get("input"), dict):  # a section's own check: its message says what is wrong
+        return f"{loc}: {err['msg']}"
     return f"{loc}: {err['msg']} (got {err.get('input')!r})" if loc else f"{err['msg']}"
 
 

@@ -11,8 +11,8 @@ TINY_UNET = {"widths": [8, 16], "attention": [False, False], "head_dim": 8}
 TINY_TRAIN = {"steps": 8, "batch_size": 4, "warmup_steps": 2, "checkpoint_every": 4}
 
 TINY: dict[str, Any] = {
-    "data": {"image_size": 32, "crop_mm": 150.0, "n_train_patients": 4, "n_holdout_patients": 1, "n_test_patients": 3,
-             "phantom": {"patients_per_domain": 4, "slices_per_volume": 6}},
+    "data": {"image_size": 32, "crop_mm": 150.0, "n_train_patients": 4, "n_holdout_patients": 1, "n_val_patients": 1,
+             "n_test_patients": 3, "phantom": {"patients_per_domain": 5, "slices_per_volume": 6}},
     "generators": {"n_synthetic": 16, "mask_prior": {"unet": TINY_UNET, "train": TINY_TRAIN},
                    "ddpm": {"unet": TINY_UNET, "train": TINY_TRAIN},
                    "ldm": {"autoencoder": {"widths": [8, 16], "train": TINY_TRAIN}, "unet": TINY_UNET, "train": TINY_TRAIN},

@@ -18,6 +18,7 @@ def small_params() -> StudyParams:
                 "image_size": 48,
                 "n_train_patients": 4,
                 "n_holdout_patients": 2,
+                "n_val_patients": 2,
                 "n_test_patients": 2,
                 "phantom": {"patients_per_domain": 5, "slices_per_volume": 6},
             },

@@ -28,7 +28,7 @@ from test_study import make_notebook
 
 def single_domain(root, **data):
     return make_params("nifti", root, train_domains=["A"], n_train_patients=1, n_holdout_patients=1,
-                       n_test_patients=1, cross_domains=[], **data)
+                       n_val_patients=0, n_test_patients=1, cross_domains=[], **data)
 
 
 # ---------------------------------------------------------------- the data cache

@@ -77,10 +77,11 @@ def load_all(params) -> list:
     return [item.load() if isinstance(item, Case) else item for item in SOURCES[params.data.source](params.data, params.seed)]
 
 
-def acdc_folder(root: Path, patients=("patient001", "patient002"), spacing=(1.5, 1.5, 10.0)) -> Path:
+def acdc_folder(root: Path, patients=("patient001", "patient002"), spacing=(1.5, 1.5, 10.0), testing=()) -> Path:
+    """ACDC's official layout: ``training/patientNNN/``, and ``testing/`` for the patients in ``testing``."""
     to_acdc = np.array([0, 3, 2, 1])  # canonical -> ACDC numbering (1 RV, 2 MYO, 3 LV)
     for k, patient in enumerate(patients):
-        folder = root / "training" / patient
+        folder = root / ("testing" if patient in testing else "training") / patient
         folder.mkdir(parents=True)
         (folder / "Info.cfg").write_text("ED: 1\nES: 12\nGroup: DCM\nHeight: 180.0\nNbFrame: 30\nWeight: 80.0\n")
         for frame, lv_r in ((1, 6.0), (12, 4.0)):
@@ -157,7 +158,7 @@ def test_acdc_h5_volumes_and_regrouped_slices(tmp_path):
     assert set(vols) == {("acdc_patient001", "ED"), ("acdc_patient001", "ES"), ("acdc_patient002", "ED"), ("acdc_patient002", "ES")}
     np.testing.assert_array_equal(vols["acdc_patient001", "ES"].mask, heart(0, 4.0))
     v = vols["acdc_patient002", "ES"]
-    assert v.extra["frame"] == 9 and v.extra["list"] == "train" and v.spacing == (1.4, 1.4)
+    assert v.extra["frame"] == 9 and v.layout_split == "train" and v.spacing == (1.4, 1.4)
     assert v.image.shape == (11, H, W) and [float(v.image[i].min()) for i in range(11)] == list(range(1, 12))
     assert list(v.slice_indices) == list(range(11)) and v.slice_count == 11
     assert vols["acdc_patient001", "ED"].spacing == (1.4, 1.4)
@@ -334,7 +335,7 @@ def test_skip_keeps_the_good_cases_and_lists_the_bad_ones(tmp_path):
     with pytest.raises(BadCaseError):
         build_slices(make_params("nifti", root))
     params = make_params("nifti", root, on_bad_case="skip", train_domains=["A"], n_train_patients=1,
-                         n_holdout_patients=1, n_test_patients=1, cross_domains=[])
+                         n_holdout_patients=1, n_val_patients=0, n_test_patients=1, cross_domains=[])
     paths = RunPaths(tmp_path / "run")
     slices = prepare(params, paths)
     kept = set(zip(slices.meta["patient"], slices.meta["phase"]))
@@ -347,18 +348,23 @@ def test_skip_keeps_the_good_cases_and_lists_the_bad_ones(tmp_path):
 
 # ---------------------------------------------------------------- params files
 
-@pytest.mark.parametrize("name", ["acdc", "mnms", "paper"])
-def test_shipped_params_need_a_root_and_validate_with_one(tmp_path, name):
+@pytest.mark.parametrize("name, key", [("acdc", "data.sources.acdc.root"), ("mnms", "data.root"),
+                                       ("mnms_to_acdc", "data.sources.mnms.root"), ("paper", "data.sources.mnms.root")])
+def test_shipped_params_need_a_root_and_validate_with_one(tmp_path, name, key):
     path = Path(cmrlib.__file__).resolve().parents[1] / "params" / f"{name}.yaml"
-    with pytest.raises(P.ParamsError, match=r"--set data.root=PATH"):
+    with pytest.raises(P.ParamsError, match=f"--set {key}=PATH"):
         P.load(path)
-    params = P.load(path, [f"data.root={tmp_path}"])
-    assert params.data.root == str(tmp_path) and params.data.on_bad_case == "error"
+    roots = [f"{key}={tmp_path}"] + (["data.sources.acdc.root=" + str(tmp_path)] if name == "mnms_to_acdc" else [])
+    d = P.load(path, roots).data
+    assert str(tmp_path) in [s.root for s in d.source_list().values()] and d.on_bad_case == "error"
+    assert d.n_val_patients > 0
     if name == "paper":
-        d = params.data
-        assert (d.source, d.image_size, d.n_train_patients, d.train_domains, d.cross_domains) == ("mnms", 128, 150, ["A", "B"], ["C", "D"])
+        assert (d.image_size, d.n_train_patients, d.train_domains, d.cross_domains) == (128, 150, ["A", "B"], None)
+        assert list(d.source_list()) == ["mnms"]  # ACDC is optional
+    if name == "mnms_to_acdc":
+        assert list(d.source_list()) == ["mnms", "acdc"] and d.cross_domains == ["C", "D", "ACDC"]
     if name == "acdc":
-        assert params.data.cross_domains == [] and params.data.train_domains == ["ACDC"]
+        assert d.train_domains == ["ACDC"] and list(d.source_list()) == ["acdc"]
 
 
 def test_params_reject_unknown_choices():

@@ -134,7 +134,7 @@ def tiny_run(tmp_path_factory):
     """A tiny phantom run with a reference segmenter, fake arms (``ddpm`` returns training images, ``fm`` holdout
     images, half of each lightly noised) and a mask prior that returns training masks."""
     p = tiny_params("priv", seed=2,
-                    data={"n_train_patients": 6, "n_holdout_patients": 6, "n_test_patients": 6, "phantom": {"patients_per_domain": 10}},
+                    data={"n_train_patients": 6, "n_holdout_patients": 6, "n_val_patients": 2, "n_test_patients": 6, "phantom": {"patients_per_domain": 10}},
                     fidelity={"segmenter": {"steps": 20}}, privacy={"bootstrap": 200, "mia_snr": [0.3, 3.0], "mia_draws": 1})
     paths = RunPaths(tmp_path_factory.mktemp("run"))
     slices = prepare(p, paths)

@@ -11,8 +11,10 @@ from cmrlib.data.splits import assign, check_disjoint, make_splits
 from cmrlib.paths import RunPaths
 
 
-def fake_meta(per_domain=10, domains="ABCD"):
-    rows = [{"patient": f"{d}{i:02d}", "domain": d} for d in domains for i in range(per_domain) for _ in range(3)]
+def fake_meta(per_domain=10, domains="ABCD", layout_test=()):
+    rows = [{"dataset": "fake", "patient": f"{d}{i:02d}", "domain": d,
+             "layout_split": "test" if f"{d}{i:02d}" in layout_test else "train"}
+            for d in domains for i in range(per_domain) for _ in range(3)]
     return pd.DataFrame(rows)
 
 
@@ -24,7 +26,7 @@ def test_sets_are_disjoint_balanced_and_complete():
     s = split(fake_meta())
     check_disjoint(s)
     sets = s["sets"]
-    assert set(sets) == {"train", "holdout", "test", "cross_C", "cross_D"}
+    assert set(sets) == {"train", "holdout", "val", "test", "cross_C", "cross_D"} and sets["val"] == []
     assert [len(sets[k]) for k in ("train", "holdout", "test")] == [6, 4, 4]
     for name in ("train", "holdout", "test"):
         domains = [p[0] for p in sets[name]]
@@ -55,7 +57,7 @@ def test_too_many_patients_requested_names_the_keys():
 
 def test_cross_domain_sets_can_be_chosen_and_capped():
     s = split(fake_meta(), cross_domains=["D"], n_cross=3)
-    assert set(s["sets"]) == {"train", "holdout", "test", "cross_D"}
+    assert set(s["sets"]) == {"train", "holdout", "val", "test", "cross_D"}
     assert len(s["sets"]["cross_D"]) == 3
 
 
@@ -82,3 +84,28 @@ def test_prepare_writes_splits_matching_the_data_and_reuses_the_cache(small_para
     changed = small_params.model_copy(update={"seed": 4})
     prepare(changed, paths)
     assert (paths.data / "slices.npz").stat().st_mtime_ns != stamp  # params changed: rebuilt
+
+
+def test_validation_patients_are_drawn_balanced_without_moving_test_or_holdout():
+    meta = fake_meta()
+    without, with_val = split(meta), split(meta, n_val=4)
+    assert len(with_val["sets"]["val"]) == 4 and [p[0] for p in with_val["sets"]["val"]].count("A") == 2
+    assert (with_val["sets"]["test"], with_val["sets"]["holdout"]) == (without["sets"]["test"], without["sets"]["holdout"])
+    check_disjoint(with_val)
+    with pytest.raises(ValueError, match="n_val_patients"):
+        split(meta, n_train=10, n_val=4)
+
+
+def test_layout_test_split_takes_exactly_the_layouts_test_patients():
+    meta = fake_meta(layout_test={"A01", "A07", "B03", "C02"})  # C is a cross domain: not an in-domain test patient
+    s = split(meta, test_split="layout", n_val=2)
+    assert s["sets"]["test"] == ["A01", "A07", "B03"] and s["test_split"] == "layout"
+    check_disjoint(s)
+    assert "C02" in s["sets"]["cross_C"]
+    with pytest.raises(ValueError, match="lists no test patient"):
+        split(fake_meta(), test_split="layout")
+
+
+def test_splits_name_each_domains_data_set():
+    meta = pd.concat([fake_meta(domains="AB"), fake_meta(domains="X").assign(dataset="other")])
+    assert split(meta)["datasets"] == {"A": "fake", "B": "fake", "X": "other"}

@@ -1,7 +1,8 @@
 """Data: sources (the embedded phantom, real data sets), one preprocessing path, patient-level splits.
 
 ``prepare(params, paths)`` is what ``00_data`` calls: it builds the processed slice set from params (or reuses the
-cached one when the data params are unchanged), assigns the splits, and writes ``data/slices.npz``,
+cached one when the data params are unchanged) from every source of the run (``data.source``, or each of
+``data.sources``), assigns the splits, and writes ``data/slices.npz``,
 ``data/metadata.csv``, ``data/manifest.json``, ``data/skipped_cases.csv`` (cases left out with
 ``data.on_bad_case: skip``; empty otherwise) and ``splits.json`` in the run folder.
 
@@ -56,15 +57,17 @@ SOURCES: dict[str, Callable[..., Iterator[Volume | Case]]] = {
 
 
 def source_files(data) -> list[Path]:
-    """Every file a real source may read: the files below ``data.root`` and those its lists name outside it (the
-    ``nifti`` case list's absolute paths, an absolute ``data.info_csv``); none for the phantom (made from params)."""
-    if data.source == "phantom":
-        return []
-    files = {p for p in Path(data.root).rglob("*") if p.is_file()}
-    if data.info_csv is not None and Path(data.info_csv).is_absolute():
-        files.add(Path(data.info_csv))
-    if data.source == "nifti":
-        files.update(nifti.listed_files(data))
+    """Every file the run's real sources may read: the files below each root and those its lists name outside it
+    (the ``nifti`` case list's absolute paths, an absolute ``info_csv``); none for the phantom (made from params)."""
+    files: set[Path] = set()
+    for source in data.source_list().values():
+        if source.source == "phantom":
+            continue
+        files.update(p for p in Path(source.root).rglob("*") if p.is_file())
+        if source.info_csv is not None and Path(source.info_csv).is_absolute():
+            files.add(Path(source.info_csv))
+        if source.source == "nifti":
+            files.update(nifti.listed_files(source))
     return sorted(files)
 
 
@@ -90,17 +93,26 @@ def _cached(paths: RunPaths, digest: str) -> bool:
     return all(p.exists() for p in (paths.data / SLICES_FILE, paths.data / METADATA_FILE, paths.splits))
 
 
+def _items(data, seed: int) -> Iterator[tuple[str, Volume | Case]]:
+    """(source name, case) of every source of the run, one progress bar per source."""
+    for name, source in data.source_list().items():
+        for item in tqdm(SOURCES[source.source](source, seed), desc=f"preprocessing {name} volumes", unit="vol"):
+            yield name, item
+
+
 def build_slices(params, data_dir: str | Path | None = None) -> SliceSet:
-    """Read every volume of ``params.data.source`` and run it through the one preprocessing path.
+    """Read every volume of the run's sources and run it through the one preprocessing path.
 
     A case that raises :class:`BadCaseError` stops the build (``data.on_bad_case: error``) or is logged and left
     out (``skip``); with ``data_dir``, the left-out cases (file, reason) are listed in ``data_dir/skipped_cases.csv``
-    (written, possibly empty, on every build so that it never describes an older one)."""
+    (written, possibly empty, on every build so that it never describes an older one). A patient given twice, or a
+    domain that two sources both have, is an error."""
     data = params.data
     parts: list[SliceSet] = []
     skipped: list[dict[str, str]] = []
     seen: dict[tuple[str, str], str] = {}  # (patient, phase) -> the file it came from
-    for item in tqdm(SOURCES[data.source](data, params.seed), desc=f"preprocessing {data.source} volumes", unit="vol"):
+    domain_source: dict[str, str] = {}  # domain -> the source it came from
+    for name, item in _items(data, params.seed):
         where = item.source
         try:
             vol = item.load() if isinstance(item, Case) else item
@@ -108,8 +120,12 @@ def build_slices(params, data_dir: str | Path | None = None) -> SliceSet:
             key = (vol.patient, vol.phase)
             if key in seen:
                 raise DuplicateCaseError(f"{vol.source}: patient {vol.patient} ({vol.phase}) is given twice, also by "
-                                         f"{seen[key]}; keep one copy below data.root")
+                                         f"{seen[key]}; keep one copy below the data roots")
             seen[key] = vol.source
+            if domain_source.setdefault(vol.domain, name) != name:
+                raise DuplicateCaseError(f"{vol.source}: domain {vol.domain!r} of source {name} is also a domain of "
+                                         f"source {domain_source[vol.domain]}; domains name one source each (rename "
+                                         "one, for example the phantom's data.phantom.domains)")
             parts.append(preprocess_volume(vol, image_size=data.image_size, crop_mm=data.crop_mm,
                                            spacing_mm=data.spacing_mm, percentiles=data.intensity_percentiles))
         except BadCaseError as exc:
@@ -124,7 +140,7 @@ def build_slices(params, data_dir: str | Path | None = None) -> SliceSet:
         Path(data_dir).mkdir(parents=True, exist_ok=True)
         pd.DataFrame(skipped, columns=["file", "reason"]).to_csv(Path(data_dir) / SKIPPED, index=False)
     if not parts:
-        raise ValueError(f"no slices from data.source={data.source!r}: every case was empty or skipped"
+        raise ValueError(f"no slices from the sources {list(data.source_list())}: every case was empty or skipped"
                          + (f" (see {Path(data_dir) / SKIPPED})" if data_dir is not None else ""))
     return concat(parts)
 
@@ -144,12 +160,13 @@ def prepare(params, paths: RunPaths, *, force: bool = False) -> SliceSet:
     d = params.data
     splits = make_splits(
         slices.meta, seed=params.seed, train_domains=d.train_domains, n_train=d.n_train_patients,
-        n_holdout=d.n_holdout_patients, n_test=d.n_test_patients, cross_domains=d.cross_domains, n_cross=d.n_cross_patients,
+        n_holdout=d.n_holdout_patients, n_val=d.n_val_patients, n_test=d.n_test_patients, test_split=d.test_split,
+        cross_domains=d.cross_domains, n_cross=d.n_cross_patients,
     )
     slices.meta["split"] = assign(slices.meta, splits)
     slices.save(paths.data)
     save_splits(paths.splits, splits)
-    write_json(manifest_path, {"digest": digest, "source": d.source, "n_slices": len(slices),
+    write_json(manifest_path, {"digest": digest, "sources": {n: s.source for n, s in d.source_list().items()}, "n_slices": len(slices),
                                "n_patients": int(slices.meta["patient"].nunique()), "image_size": d.image_size})
     return slices
 

@@ -3,6 +3,8 @@
 ``Info.cfg`` gives the ED and ES frames and the group (NOR, MINF, DCM, HCM, RV; kept as metadata). ACDC labels
 (1 RV, 2 MYO, 3 LV) are remapped to the canonical ones. ACDC is one domain, ``"ACDC"`` (the scanner, 1.5 T or 3 T,
 is not in the files). Orientation: the fixed ACDC transform of :mod:`cmrlib.data.io` (the header's affine is not used).
+A patient below a ``training`` or ``testing`` folder (the official ``database/training``, ``database/testing``) has
+that layout split (``data.test_split: layout`` tests on the 50 testing patients).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..labels import LV, MYO, RV
-from .io import ACDC_ORIENTATION, Case, LayoutError, bad, read_pair, remap_labels, require_root
+from .io import ACDC_ORIENTATION, Case, LayoutError, bad, layout_split, map_labels, read_pair, require_root
 from .records import Volume
 
 DATASET = "acdc"
@@ -49,15 +51,15 @@ def read_info(path: Path) -> dict[str, str]:
     return info
 
 
-def _load(folder: Path, phase: str) -> Volume:
+def _load(folder: Path, phase: str, data, split: str) -> Volume:
     info = read_info(folder / "Info.cfg")
     frame = int(info[phase])
     stem = f"{folder.name}_frame{frame:02d}"
     image_path, label_path = folder / f"{stem}.nii.gz", folder / f"{stem}_gt.nii.gz"
     image, mask, spacing = read_pair(image_path, label_path, orientation=ACDC_ORIENTATION)
     return Volume(
-        image=image, mask=remap_labels(mask, ACDC_TO_CANONICAL), dataset=DATASET, patient=f"{DATASET}_{folder.name}",
-        domain=DOMAIN, phase=phase, spacing=spacing, source=str(image_path),
+        image=image, mask=map_labels(mask, data, label_path, ACDC_TO_CANONICAL), dataset=DATASET, patient=f"{DATASET}_{folder.name}",
+        domain=DOMAIN, phase=phase, spacing=spacing, source=str(image_path), layout_split=split,
         extra={"group": info.get("Group", ""), "frame": frame},
     )
 
@@ -69,5 +71,6 @@ def volumes(data, seed: int = 0) -> Iterator[Case]:
     if not folders:
         raise LayoutError(f"ACDC: no patientNNN folders under {root}. {LAYOUT}")
     for folder in folders:
+        split = layout_split(folder.parent, root)
         for phase in data.phases:
-            yield Case(str(folder / "Info.cfg"), lambda folder=folder, phase=phase: _load(folder, phase))
+            yield Case(str(folder / "Info.cfg"), lambda folder=folder, phase=phase, split=split: _load(folder, phase, data, split))

@@ -3,8 +3,8 @@
 - ``data/patientNNN_frameMM.h5``: a volume, datasets ``image`` (slices, H, W) and ``label``;
 - ``data/slices/patientNNN_frameMM_slice_K.h5``: 2D slices (``image`` (H, W), ``label``), regrouped into volumes
   in the order of K (a volume file wins over slice files of the same patient and frame);
-- ``train.list`` / ``val.list`` / ``test.list``: that layout's splits, kept as metadata (``extra["list"]``); the
-  study makes its own patient-level splits.
+- ``train.list`` / ``val.list`` / ``test.list``: that layout's splits, kept as each volume's ``layout_split``
+  (the test patients with ``data.test_split: layout``; otherwise the study makes its own patient-level splits).
 
 Frame 01 is ED and the other labelled frame ES. Labels are ACDC's (remapped). No spacing is stored: the volume's
 spacing is ``data.assumed_spacing_mm`` when set, else unknown (pixels are then taken at ``data.spacing_mm``).
@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from .acdc import ACDC_TO_CANONICAL, DATASET, DOMAIN
-from .io import ACDC_ORIENTATION, Case, LayoutError, bad, remap_labels, require_root
+from .io import ACDC_ORIENTATION, Case, LayoutError, bad, map_labels, require_root
 from .records import BadCaseError, Volume
 
 LAYOUT = ("ACDC (HDF5): expected data/patientNNN_frameMM.h5 volumes (datasets image, label) and/or "
@@ -90,23 +90,24 @@ def _load_slices(paths: list[tuple[int, Path]]) -> tuple[np.ndarray, np.ndarray,
     return np.stack(images), np.stack(labels), ks
 
 
-def _case(patient: str, phase: str, frame: int, files, assumed: float | None, split: str) -> Volume:
+def _case(patient: str, phase: str, frame: int, files, data, split: str) -> Volume:
     if isinstance(files, Path):
         image, label, ks = _load_volume(files)
         source = str(files)
     else:
         image, label, ks = _load_slices(files)
         source = str(files[0][1].parent / f"{patient}_frame{frame:02d}_slice_*.h5")
-    extra = {"frame": frame, "list": split}
+    assumed = data.assumed_spacing_mm
     indices, count = None, None
     if ks is not None:  # slice files: K may start at 0 or 1; keep gaps
         indices = np.asarray(ks) - min(ks)
         count = int(indices.max()) + 1
     return Volume(
-        image=ACDC_ORIENTATION.apply(image), mask=ACDC_ORIENTATION.apply(remap_labels(label, ACDC_TO_CANONICAL)),
+        image=ACDC_ORIENTATION.apply(image),
+        mask=ACDC_ORIENTATION.apply(map_labels(label, data, source, ACDC_TO_CANONICAL)),
         dataset=DATASET, patient=f"{DATASET}_{patient}", domain=DOMAIN, phase=phase,
         spacing=(assumed, assumed) if assumed else None, source=source, slice_indices=indices, slice_count=count,
-        extra=extra,
+        layout_split=split, extra={"frame": frame},
     )
 
 
@@ -136,7 +137,6 @@ def volumes(data, seed: int = 0) -> Iterator[Case]:
     frames_of: dict[str, list[int]] = defaultdict(list)
     for patient, frame in cases:
         frames_of[patient].append(frame)
-    assumed = data.assumed_spacing_mm
     for patient in sorted(frames_of):
         where = str(folder / f"{patient}_frame*.h5")
         try:
@@ -149,4 +149,4 @@ def volumes(data, seed: int = 0) -> Iterator[Case]:
             files = cases[(patient, frame)]
             split = lists.get(f"{patient}_frame{frame:02d}", "")
             source = str(files) if isinstance(files, Path) else str(files[0][1])
-            yield Case(source, lambda p=patient, ph=phase, fr=frame, fi=files, s=split: _case(p, ph, fr, fi, assumed, s))
+            yield Case(source, lambda p=patient, ph=phase, fr=frame, fi=files, s=split: _case(p, ph, fr, fi, data, s))

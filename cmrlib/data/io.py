@@ -25,7 +25,12 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from ..labels import CLASSES
 from .records import BadCaseError, Volume
+
+CODES = {name: value for value, name in CLASSES.items()}  # "LV" -> 1, ...
+# folder names of the layouts' own splits (ACDC: training, testing; M&Ms: Training, Validation, Testing)
+LAYOUT_SPLITS = {"training": "train", "validation": "val", "testing": "test"}
 
 
 # patient (RAS+) directions used to orient short-axis planes from the affine
@@ -167,6 +172,28 @@ def remap_labels(mask: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
     for src, dst in mapping.items():
         out[mask == src] = dst
     return out
+
+
+def map_labels(mask: np.ndarray, data, where: str | Path, default: Mapping[int, int] | None = None) -> np.ndarray:
+    """A label stack in the canonical convention. With the source's ``data.label_map`` (file value -> structure name;
+    0 is background unless it says otherwise) a value it does not list is a :class:`BadCaseError` naming ``where``
+    and the value; without, the source's own numbering ``default`` (None: the files are canonical)."""
+    if data.label_map is None:
+        return label_array(mask) if default is None else remap_labels(mask, default)
+    mapping = {0: CODES["background"], **{value: CODES[name] for value, name in data.label_map.items()}}
+    mask = label_array(mask)
+    unknown = sorted(set(np.unique(mask).tolist()) - set(mapping))
+    if unknown:
+        raise bad(where, f"label value(s) {unknown} not in the source's label_map {dict(data.label_map)}; add them to it")
+    return remap_labels(mask, mapping)
+
+
+def layout_split(folder: Path, root: Path) -> str:
+    """``train``, ``val`` or ``test`` when a folder between ``root`` and ``folder`` names the layout's own split
+    (ACDC's ``training`` / ``testing``, M&Ms' ``Training`` / ``Validation`` / ``Testing``); else ""."""
+    parts = [p.lower() for p in folder.resolve().relative_to(root.resolve()).parts]
+    found = {LAYOUT_SPLITS[p] for p in parts if p in LAYOUT_SPLITS}
+    return found.pop() if len(found) == 1 else ""
 
 
 def read_pair(

@@ -9,6 +9,9 @@ Two layouts under ``data.root``:
 - per frame (ED and ES cut out of the 4D files): ``images/<code>_sa_{ED,ES}.nii.gz`` and
   ``labels/<code>_sa_{ED,ES}_gt.nii.gz`` with ``manifest.csv`` (subject, phase, vendor, centre).
 
+The layout's own split (``data.test_split: layout``): the official folder a subject is in (``Training``,
+``Validation``, ``Testing``), or a ``split`` column (train, val, test) of the information CSV or manifest.
+
 Orientation from each file's affine (:func:`cmrlib.data.io.orientation_from_affine`).
 """
 
@@ -19,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from .io import Case, DuplicateCaseError, LayoutError, bad, read_csv, read_pair, require_root
+from .io import Case, DuplicateCaseError, LayoutError, bad, layout_split, map_labels, read_csv, read_pair, require_root
 from .records import Volume
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ _COLUMNS = {
     "centre": ("centre", "center"),
     "ED": ("ed",),
     "ES": ("es",),
+    "split": ("split",),
 }
 _FRAME_FILE = re.compile(r"^(.+)_sa_(ED|ES)\.nii\.gz$")
 
@@ -94,14 +98,18 @@ def _info_csv(root: Path, data, default: Path | None) -> Path | None:
     return candidates[0] if candidates else None
 
 
-def _volume(code: str, phase: str, meta: dict[str, str], image: Path, label: Path, frame: int | None) -> Volume:
+def _volume(code: str, phase: str, meta: dict[str, str], image: Path, label: Path, frame: int | None, data,
+            split: str) -> Volume:
     img, mask, spacing = read_pair(image, label, frame=frame)
+    split = meta.get("split", "").lower() or split
+    if split not in ("", "train", "val", "test"):
+        raise bad(image, f"split {split!r} of subject {code} in the information CSV is not train, val or test")
     vendor = meta.get("vendor", "")
     if not vendor:
         raise bad(image, f"no vendor for subject {code} in the information CSV")
     return Volume(
-        image=img, mask=mask, dataset=DATASET, patient=f"{DATASET}_{code}", domain=vendor, phase=phase,
-        spacing=spacing, source=str(image),
+        image=img, mask=map_labels(mask, data, label), dataset=DATASET,
+        patient=f"{DATASET}_{code}", domain=vendor, phase=phase, spacing=spacing, source=str(image), layout_split=split,
         extra={"centre": meta.get("centre", ""), "vendor_name": meta.get("vendor_name", ""), "frame": frame},
     )
 
@@ -126,7 +134,7 @@ def _per_frame_cases(root: Path, data) -> Iterator[Case]:
             if code not in info:
                 yield Case(str(image), lambda image=image, code=code: _raise(bad(image, f"subject {code} is not in {info_path}")))
                 continue
-            yield Case(str(image), lambda c=code, ph=phase, i=image, lb=label: _volume(c, ph, info[c], i, lb, None))
+            yield Case(str(image), lambda c=code, ph=phase, i=image, lb=label: _volume(c, ph, info[c], i, lb, None, data, ""))
 
 
 def _raise(exc: Exception) -> Volume:
@@ -152,8 +160,8 @@ def _official_cases(root: Path, data) -> Iterator[Case]:
             if code not in info:
                 yield Case(str(image), lambda image=image, code=code: _raise(bad(image, f"subject {code} is not in {info_path}")))
                 continue
-            yield Case(str(image), lambda c=code, ph=phase, i=image, lb=label:
-                       _volume(c, ph, info[c], i, lb, _frame(c, ph, info[c], info_path)))
+            yield Case(str(image), lambda c=code, ph=phase, i=image, lb=label, s=layout_split(image.parent, root):
+                       _volume(c, ph, info[c], i, lb, _frame(c, ph, info[c], info_path), data, s))
     if unlabelled:
         log.info("M&Ms: left out %d subjects without a _sa_gt.nii.gz label file (unlabelled)", unlabelled)
 

@@ -1,8 +1,9 @@
 """A generic folder of short-axis NIfTI image/label pairs listed in a CSV (``data.csv``, default ``cases.csv``).
 
 CSV columns: ``patient``, ``domain``, ``phase`` (ED or ES), ``image``, ``label`` (paths relative to the CSV's
-folder, or absolute), and optionally ``frame`` (0-based frame of a 4D file). Labels must already be canonical
-(0 background, 1 LV, 2 MYO, 3 RV). Orientation from each image's affine; spacing from the header.
+folder, or absolute), and optionally ``frame`` (0-based frame of a 4D file) and ``split`` (train, val or test: the
+data's own split, used by ``data.test_split: layout``). Labels are canonical (0 background, 1 LV, 2 MYO, 3 RV)
+unless ``data.label_map`` gives the files' numbering. Orientation from each image's affine; spacing from the header.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from .io import Case, DuplicateCaseError, LayoutError, bad, read_csv, read_pair, require_root
+from .io import Case, DuplicateCaseError, LayoutError, bad, map_labels, read_csv, read_pair, require_root
 from .records import Volume
 
 DATASET = "nifti"
@@ -20,7 +21,7 @@ LAYOUT = ("NIfTI folder: expected a CSV (data.csv, default cases.csv, in data.ro
           "(1 LV, 2 MYO, 3 RV)")
 
 
-def _load(row: dict[str, str], base: Path, line: int, csv: Path) -> Volume:
+def _load(row: dict[str, str], base: Path, line: int, csv: Path, data) -> Volume:
     image, label = (Path(row[k]) if Path(row[k]).is_absolute() else base / row[k] for k in ("image", "label"))
     frame_text = row.get("frame", "").strip()
     try:
@@ -28,8 +29,9 @@ def _load(row: dict[str, str], base: Path, line: int, csv: Path) -> Volume:
     except ValueError as exc:
         raise bad(csv, f"line {line}: frame {frame_text!r} is not an integer") from exc
     img, mask, spacing = read_pair(image, label, frame=frame)
-    return Volume(image=img, mask=mask, dataset=DATASET, patient=f"{DATASET}_{row['patient']}", domain=row["domain"],
-                  phase=row["phase"], spacing=spacing, source=str(image), extra={"frame": frame})
+    return Volume(image=img, mask=map_labels(mask, data, label), dataset=DATASET,
+                  patient=f"{DATASET}_{row['patient']}", domain=row["domain"], phase=row["phase"], spacing=spacing,
+                  source=str(image), layout_split=row.get("split", ""), extra={"frame": frame})
 
 
 def case_list(data) -> Path:
@@ -59,6 +61,9 @@ def volumes(data, seed: int = 0) -> Iterator[Case]:
     bad_phase = sorted(set(table["phase"]) - {"ED", "ES"})
     if bad_phase:
         raise LayoutError(f"{csv}: phase must be ED or ES, found {bad_phase}")
+    bad_split = sorted(set(table["split"]) - {"", "train", "val", "test"}) if "split" in table.columns else []
+    if bad_split:
+        raise LayoutError(f"{csv}: split must be train, val, test or empty, found {bad_split}")
     rows = table.to_dict("records")
     first_line: dict[tuple[str, str], int] = {}
     for i, row in enumerate(rows):
@@ -74,4 +79,4 @@ def volumes(data, seed: int = 0) -> Iterator[Case]:
                                   "relative paths stay inside the root (give a file elsewhere by its absolute path)")
     for i, row in enumerate(rows):
         if row["phase"] in data.phases:
-            yield Case(str(csv.parent / row["image"]), lambda row=row, i=i: _load(row, csv.parent, i + 2, csv))
+            yield Case(str(csv.parent / row["image"]), lambda row=row, i=i: _load(row, csv.parent, i + 2, csv, data))

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..paths import atomic_path
 
-META_COLUMNS = ["dataset", "patient", "domain", "phase", "slice_index", "slice_count", "split"]
+META_COLUMNS = ["dataset", "patient", "domain", "phase", "slice_index", "slice_count", "layout_split", "split"]
 SLICES_FILE = "slices.npz"
 METADATA_FILE = "metadata.csv"
 
@@ -36,6 +36,7 @@ class Volume:
     source: str = "<memory>"  # file(s) it came from, named in errors
     slice_indices: np.ndarray | None = None  # index of each slice in its original volume (default 0..S-1)
     slice_count: int | None = None  # slices in the original volume (default S)
+    layout_split: str = ""  # the data's own split of this patient (train, val, test) where its layout has one
     extra: dict = field(default_factory=dict)
 
 
@@ -84,5 +85,6 @@ class SliceSet:
                 raise FileNotFoundError(f"{folder / name} does not exist: it is written by the notebook 00_data; run it first")
         with np.load(folder / SLICES_FILE) as arrays:
             images, masks = arrays["images"], arrays["masks"]
-        meta = pd.read_csv(folder / METADATA_FILE, dtype={"patient": str, "domain": str, "dataset": str})
+        meta = pd.read_csv(folder / METADATA_FILE, dtype={c: str for c in ("patient", "domain", "dataset", "layout_split", "split")},
+                           keep_default_na=False)
         return cls(images, masks, meta)

@@ -1,10 +1,12 @@
 """Patient-level splits, seeded, written once to ``splits.json`` and read by every later notebook.
 
 Sets: ``train`` (the generators' training patients = privacy members), ``holdout`` (same domains, never trained
-on = privacy non-members), ``test`` (in-domain evaluation), and ``cross_<domain>`` for every other domain.
-Test and holdout patients are drawn first, balanced over the training domains, so changing the number of training
-patients (the limited-data knob) never moves a test or holdout patient, and smaller training sets are nested in
-larger ones.
+on = privacy non-members), ``val`` (same domains, never trained on by a generator: where the recipe's choices are
+made), ``test`` (in-domain evaluation), and ``cross_<domain>`` for every cross-domain set.
+Test, holdout and validation patients are drawn first, balanced over the training domains, so changing the number
+of training patients (the limited-data knob) never moves one of them, and smaller training sets are nested in
+larger ones. With ``test_split="layout"`` the test set is instead every training-domain patient that the data's own
+split lists as test (the metadata's ``layout_split``), and the rest are drawn from the others.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pandas as pd
 
 from ..jsonio import write_json
 
-IN_DOMAIN = ("train", "holdout", "test")
+IN_DOMAIN = ("train", "holdout", "val", "test")
 
 
 def _round_robin(groups: list[list[str]]) -> list[str]:
@@ -32,6 +34,18 @@ def cross_domains_of(domains: list[str], train_domains: list[str], cross_domains
     return [d for d in domains if d not in train_domains] if cross_domains is None else list(cross_domains)
 
 
+def layout_test_patients(meta: pd.DataFrame, train_domains: list[str]) -> list[str]:
+    """The training domains' patients that the data's own split lists as test (any of their rows)."""
+    rows = meta["domain"].isin(train_domains) & (meta["layout_split"] == "test")
+    patients = sorted(set(meta.loc[rows, "patient"]))
+    if not patients:
+        found = sorted(set(meta.loc[meta["domain"].isin(train_domains), "layout_split"]) - {""})
+        raise ValueError(f"data.test_split is 'layout', but the data's own split lists no test patient in the training "
+                         f"domains {train_domains} (their layout splits: {found or 'none'}); use data.test_split: "
+                         "random, or give the layout's test lists (ACDC's testing folder, test.list, M&Ms' Testing)")
+    return patients
+
+
 def make_splits(
     meta: pd.DataFrame,
     *,
@@ -40,10 +54,12 @@ def make_splits(
     n_train: int,
     n_holdout: int,
     n_test: int,
+    n_val: int = 0,
+    test_split: str = "random",
     cross_domains: list[str] | None = None,
     n_cross: int | None = None,
 ) -> dict:
-    """Assign patients to sets; returns the content of ``splits.json``."""
+    """Assign patients to sets; returns the content of ``splits.json`` (with each domain's data set)."""
     domains = sorted(set(meta["domain"]))
     missing = [d for d in train_domains if d not in domains]
     if missing:
@@ -55,22 +71,30 @@ def make_splits(
 
     rng = np.random.default_rng(seed)
     patients_of = {d: sorted(set(meta.loc[meta["domain"] == d, "patient"])) for d in domains}
-    order = _round_robin([list(rng.permutation(patients_of[d])) for d in train_domains])
-    needed = n_test + n_holdout + n_train
+    test = layout_test_patients(meta, train_domains) if test_split == "layout" else []
+    order = _round_robin([[p for p in rng.permutation(patients_of[d]) if p not in test] for d in train_domains])
+    if test_split != "layout":
+        test, order = sorted(order[:n_test]), order[n_test:]
+    needed = n_holdout + n_val + n_train
     if needed > len(order):
-        raise ValueError(
-            f"data: n_test_patients + n_holdout_patients + n_train_patients = {n_test} + {n_holdout} + {n_train} = "
-            f"{needed}, but the training domains {train_domains} have only {len(order)} patients; lower them or add data"
-        )
+        counts = (f"n_test_patients + n_holdout_patients + n_val_patients + n_train_patients = {n_test} + "
+                  if test_split != "layout" else f"the layout's {len(test)} test patients, then n_holdout_patients + "
+                  "n_val_patients + n_train_patients = ")
+        raise ValueError(f"data: {counts}{n_holdout} + {n_val} + {n_train}, but the training domains {train_domains} "
+                         f"have only {len(order) + (n_test if test_split != 'layout' else 0)} patients"
+                         f"{' besides the test ones' if test_split == 'layout' else ''}; lower them or add data")
     sets = {
-        "test": sorted(order[:n_test]),
-        "holdout": sorted(order[n_test : n_test + n_holdout]),
-        "train": order[n_test + n_holdout : needed],  # in draw order: the first k are the k-patient training set
+        "test": test,
+        "holdout": sorted(order[:n_holdout]),
+        "val": sorted(order[n_holdout : n_holdout + n_val]),
+        "train": order[n_holdout + n_val : needed],  # in draw order: the first k are the k-patient training set
     }
     for d in cross:
         chosen = list(rng.permutation(patients_of[d]))
         sets[f"cross_{d}"] = sorted(chosen[:n_cross] if n_cross else chosen)
-    return {"seed": seed, "train_domains": list(train_domains), "cross_domains": cross, "sets": sets}
+    dataset_of = meta.drop_duplicates("domain").set_index("domain")["dataset"]
+    return {"seed": seed, "train_domains": list(train_domains), "cross_domains": cross, "test_split": test_split,
+            "datasets": {d: str(dataset_of[d]) for d in domains}, "sets": sets}
 
 
 def assign(meta: pd.DataFrame, splits: dict) -> pd.Series:
