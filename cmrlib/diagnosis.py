@@ -6,8 +6,8 @@ On one run's data and reference segmenter (the judge of mask faithfulness), it t
 
 - the **error by timestep**: the mean squared error of the predicted noise and of the implied clean image on the
   training images, at timesteps across the schedule (does the error rise where many-step DDIM spends its steps?);
-- the **sampler sweep**: mask faithfulness (mean Dice of the judge on images generated from real masks of holdout
-  patients, seen by no model and not the test patients, as the sweep chooses the sampler) of DDIM
+- the **sampler sweep**: mask faithfulness (mean Dice of the judge on images generated from real masks of the
+  validation patients, seen by no model and not the test patients, as the sweep chooses the sampler) of DDIM
   at several step counts, with and without clipping the predicted clean image, with leading against trailing
   spacing, with EMA against raw weights, each minus the 1000-step ancestral sampler on the same masks (paired
   bootstrap over those patients). Every setting starts from the same noise.
@@ -54,7 +54,7 @@ VARIANTS: dict[str, dict] = {
 STEPS = (5, 10, 20, 50, 200)
 ABLATION_STEPS = (10, 50, 200)
 ABLATED = "eps_min_snr"  # the variant whose spacing and weights are varied too
-SPLIT = "holdout"  # whose masks the sweep regenerates
+SPLIT = "val"  # whose masks the sweep regenerates: the sampler is chosen on them
 TIMESTEPS = (0, 5, 10, 20, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 
 
@@ -180,7 +180,9 @@ def diagnose(params: StudyParams, paths: RunPaths, arm: str = "ddpm", variants=t
     if spec.samplers is not registry.DIFFUSION_SAMPLERS or spec.autoencoder:
         raise ValueError(f"the sampler diagnosis is for a pixel-space diffusion arm; {arm!r} is not one")
     slices = data.prepare(params, paths)
-    # the sampler is chosen here, so its masks are the holdout patients': seen by no model, and not the test patients
+    if not (slices.meta["split"] == SPLIT).any():
+        raise ValueError("the sampler diagnosis chooses on the validation patients, and the run has none: set "
+                         "data.n_val_patients >= 1")
     train, held = slices.split("train"), slices.split(SPLIT)
     judge, _ = segmenters.reference_segmenter(params, paths, slices)
     rng = np.random.default_rng(seed_for(params.seed, "diagnosis", "subset"))

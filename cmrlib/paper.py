@@ -260,7 +260,8 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
     out = {
         "image_size": str(d.image_size), "spacing_mm": fmt(d.spacing_mm, 1), "crop_mm": fmt(d.crop_mm, 0),
         "pixel_mm": fmt(pixel_size_mm(d), 2), "n_train": str(d.n_train_patients),
-        "n_holdout": str(d.n_holdout_patients), "n_test": str(d.n_test_patients), "n_synthetic": str(g.n_synthetic),
+        "n_holdout": str(d.n_holdout_patients), "n_val": str(d.n_val_patients),
+        "n_test": str(results["fidelity"]["counts"]["test_patients"]), "n_synthetic": str(g.n_synthetic),
         "seed": str(params.seed), "n_train_slices": str(results["fidelity"]["counts"]["train_slices"]),
         "n_test_slices": str(results["fidelity"]["counts"]["test_slices"]),
         "n_real_smallest": str(smallest_n(results["utility"])), "utility_steps": str(params.utility.segmenter.steps),
@@ -322,16 +323,18 @@ _WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list[tuple]:
     """The manuscript as blocks: ("h1"|"h2", text), ("p", text), ("fig", name, caption), ("table", name, caption).
     Every number in the text is a value of ``n``."""
-    real_data = params.data.source != "phantom"
+    real_data = params.data.real
     n_vendors = len(params.data.phantom.domains)
-    data_text = (f"the {params.data.source} data set" if real_data else
+    sources = list(params.data.source_list())
+    data_text = (f"the {' and '.join(sources)} data set{'s' if len(sources) > 1 else ''}" if real_data else
                  "the embedded cardiac phantom (per-patient anatomy from base to apex and from end-diastole to end-systole, "
                  f"{_WORDS.get(n_vendors, n_vendors)} vendor{'s' if n_vendors != 1 else ''} with "
                  f"{'their' if n_vendors != 1 else 'its'} own contrast, noise, bias field and blur)")
     crossing = n.get("n_cross_sets", "1") != "0"
-    cross_split_text = ("the patients of the other vendors as cross-domain sets" if crossing else
+    cross_split_text = ("the patients of the other domains (vendors or data sets) as cross-domain sets" if crossing else
                         "no cross-domain set (the run has no domain besides the training ones)")
     tested_on = "the in-domain and cross-domain sets" if crossing else "the in-domain test set"
+    test_list = ", the data's own test list" if params.data.test_split == "layout" else ""
     cross_utility = (f" Cross-domain (first other vendor): real only {_interval(n, 'real_only_cross_dice')}." if crossing
                      else " No cross-domain set: generalisation to other vendors is not measured by this run.")
     arms = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_mask_dice')}" for a in registry.names())
@@ -369,8 +372,10 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
               f"{n['crop_mm']} mm around the heart and resized to {n['image_size']} x {n['image_size']} pixels of "
               f"{n['pixel_mm']} mm, and scaled to [-1, 1]. Patients are split once (seed {n['seed']}): "
               f"{n['n_train']} training patients ({n['n_train_slices']} slices; the generators' members), {n['n_holdout']} "
-              f"held-out patients of the same vendors (non-members), {n['n_test']} in-domain test patients "
-              f"({n['n_test_slices']} slices) and {cross_split_text}."),
+              f"held-out patients of the same vendors (non-members), {n['n_val']} validation patients of the same vendors "
+              f"(never trained on; the recipe's sampler choices were made on them), {n['n_test']} in-domain test patients "
+              f"({n['n_test_slices']} slices{test_list}) "
+              f"and {cross_split_text}."),
         ("p", f"**Generators.** Stage 1 draws a label map from a mask prior ({n['mask_prior_steps']} training steps, "
               f"{n['mask_prior_sampler_steps']} sampling steps); stage 2 generates an image conditioned on the one-hot map "
               f"concatenated to the network input, for every arm. DDPM: {n['ddpm_prediction']}, {n['ddpm_train_steps']} steps of batch "

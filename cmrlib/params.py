@@ -305,7 +305,8 @@ class DDPMParams(_Section):
     # DDIM lost quality as its steps grew, clipped or not (docs/benchmarks.md#ddim-against-its-steps)
     schedule: ScheduleParams = ScheduleParams(prediction_type="v_prediction", clip_sample=False)
     train: TrainParams = TrainParams()
-    # chosen on holdout masks: every DDIM step count reaches the ancestral 1000-step Dice; 10 steps gives the best
+    # chosen by python -m cmrlib.diagnosis (on holdout masks, before the validation split existed; it now uses the
+    # validation patients): every DDIM step count reaches the ancestral 1000-step Dice; 10 steps gives the best
     # (+0.027 [+0.004, +0.065]) at FM's 10 network evaluations
     sample: DiffusionSampling = DiffusionSampling(steps=10)
 

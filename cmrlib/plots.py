@@ -76,9 +76,9 @@ def intensity_histograms(slices: SliceSet, max_pixels: int = 200_000, seed: int 
 
 
 def split_counts(slices: SliceSet) -> pd.DataFrame:
-    """Patients and slices per split and domain."""
+    """Patients and slices per split, data set and domain."""
     meta = slices.meta.assign(split=slices.meta["split"].replace("", "unused"))
-    table = meta.groupby(["split", "domain"]).agg(patients=("patient", "nunique"), slices=("patient", "size"))
+    table = meta.groupby(["split", "dataset", "domain"]).agg(patients=("patient", "nunique"), slices=("patient", "size"))
     return table.reset_index()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection
 
 import pandas as pd
 
@@ -25,7 +26,7 @@ class PreflightError(ValueError):
 
 @dataclass(frozen=True)
 class Counts:
-    """Patients per set (``train``, ``holdout``, ``test``, ``cross_<domain>``) and training slices, as the data stage
+    """Patients per set (``train``, ``holdout``, ``val``, ``test``, ``cross_<domain>``) and training slices, as the data stage
     makes them (or will make them, for the phantom)."""
 
     patients: dict[str, int]
@@ -36,11 +37,12 @@ class Counts:
 def counts_from_params(params: StudyParams) -> Counts | None:
     """The phantom's set sizes from the params (None for a real source: only its files know)."""
     d = params.data
-    if d.source != "phantom":
+    if d.real:
         return None
     per_domain = d.phantom.patients_per_domain
     cross = cross_domains_of(d.phantom.domains, d.train_domains, d.cross_domains)
-    patients = {"train": d.n_train_patients, "holdout": d.n_holdout_patients, "test": d.n_test_patients}
+    patients = {"train": d.n_train_patients, "holdout": d.n_holdout_patients, "val": d.n_val_patients,
+                "test": d.n_test_patients}
     patients |= {f"cross_{x}": min(per_domain, d.n_cross_patients or per_domain) for x in cross if x in d.phantom.domains}
     return Counts(patients, None, "the params (phantom)")
 
@@ -119,9 +121,11 @@ def problems(params: StudyParams, counts: Counts | None) -> list[str]:
     return out
 
 
-def check(params: StudyParams, counts: Counts | None, done: str = "nothing was run") -> None:
-    """Raise :class:`PreflightError` listing every problem of :func:`problems`; ``done`` says what already ran."""
-    found = problems(params, counts)
+def check(params: StudyParams, counts: Counts | None, done: str = "nothing was run",
+          stages: Collection[str] | None = None) -> None:
+    """Raise :class:`PreflightError` listing every problem of :func:`problems` (of the named ``stages`` only, when
+    given: a stage name such as ``20_generator[fm]`` or a notebook's stem); ``done`` says what already ran."""
+    found = [p for p in problems(params, counts) if stages is None or p.split(":", 1)[0] in stages]
     if found:
         raise PreflightError(f"this configuration would fail in a later stage ({done}); fix the params and run again:"
                              "\n  - " + "\n  - ".join(found))

@@ -286,7 +286,8 @@ def run(
     if paths.run_json.exists():
         record = json.loads(paths.run_json.read_text())
     data_done = record.get("stages", {}).get(DATA_STAGE, {}).get("fingerprint") == fps.get(DATA_STAGE)
-    preflight.check(params, _run_counts(paths) if data_done else preflight.counts_from_params(params))
+    checked = {s.name for s in selected}  # a later stage's needs do not stop a run of earlier ones
+    preflight.check(params, _run_counts(paths) if data_done else preflight.counts_from_params(params), stages=checked)
     record.update(
         run_name=params.run_name, params_file=str(Path(params_file).resolve()), overrides=list(overrides),
         params_digest=params.digest(), git=_git_commit(), versions=_versions(),
@@ -326,7 +327,7 @@ def run(
         write_json(paths.run_json, record)
         echo(f"[{i}/{len(selected)}] {stage.name}: done in {result['wall_s']:.1f} s, peak memory {result['peak_rss_mb']:.0f} MB")
         if stage.name == DATA_STAGE and i < len(selected):  # the real counts are known now, before any training
-            preflight.check(params, _run_counts(paths), done=f"{DATA_STAGE} ran; its outputs are kept")
+            preflight.check(params, _run_counts(paths), done=f"{DATA_STAGE} ran; its outputs are kept", stages=checked)
     total = sum(s.get("wall_s", 0.0) for s in record["stages"].values())
     echo(f"study {params.run_name}: finished; stage wall time in total {total:.1f} s; record in {paths.run_json}")
     return record

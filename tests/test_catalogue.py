@@ -47,7 +47,7 @@ GOOD = (IMAGE, MASK)
     pytest.param(["data.intensity_percentiles=[50.0, 10.0]"],
                  r"intensity_percentiles must satisfy 0 <= low < high <= 100, got \[50\.0, 10\.0\]", id="percentiles"),
     pytest.param(["data.source=nifti", "data.root=/nonexistent/cmr"],
-                 r"data\.root /nonexistent/cmr does not exist \(data\.source='nifti', expected NIfTI", id="root_missing"),
+                 r"data\.root /nonexistent/cmr does not exist \(source 'nifti', expected NIfTI", id="root_missing"),
     pytest.param(["data.source=mnms", "data.root=params", "data.info_csv=nope.csv"],
                  rf"data\.info_csv {re.escape(str(REPO / 'params/nope.csv'))} does not exist", id="info_csv_missing"),
     pytest.param(["data.cross_domains=[B, C]"], r"domains \['B'\] are in both train_domains and cross_domains", id="domain_overlap"),
@@ -242,7 +242,7 @@ def test_loader_root_must_be_a_folder(tmp_path, module, root):
 
 def test_no_slices_when_every_case_is_skipped(tmp_path):
     case_list(tmp_path)  # its files are missing: a bad case
-    with pytest.raises(ValueError, match=r"no slices from data\.source='nifti': every case was empty or skipped "
+    with pytest.raises(ValueError, match=r"no slices from the source\(s\) nifti: every case was empty or skipped "
                                          rf"\(see {re.escape(str(tmp_path / 'data/skipped_cases.csv'))}\)"):
         build_slices(make_params("nifti", tmp_path, on_bad_case="skip"), tmp_path / "data")
     with pytest.raises(ValueError, match="no slices: every case was empty or skipped"):

@@ -15,7 +15,7 @@ from conftest import REPO
 
 def fake_results(mask_dice: dict, utility: dict, mia: dict, cross: bool = True) -> dict:
     """Metrics files in the schema the axis notebooks write; each value is (estimate, low, high)."""
-    fidelity = {"counts": {"train_slices": 40, "test_slices": 20},
+    fidelity = {"counts": {"train_slices": 40, "test_slices": 20, "test_patients": 4},
                 "metrics": [{"set": a, "metric": "dice_mean", "estimate": e, "low": lo, "high": hi} for a, (e, lo, hi) in mask_dice.items()]
                 + [{"set": a, "metric": "fid", "estimate": 1.0 + i, "low": None, "high": None} for i, a in enumerate(mask_dice)],
                 "quality_against_training_step": [{"arm": a, "step": s, "dice_mean": 0.1 * s / 4, "fid_seg": 10 / s}

@@ -10,7 +10,7 @@ import pytest
 
 from cmrlib import params as P
 from cmrlib import study
-from cmrlib.data import BadCaseError, DuplicateCaseError, build_slices, prepare
+from cmrlib.data import BadCaseError, DuplicateCaseError, LayoutError, build_slices, prepare
 from cmrlib.labels import LV, MYO, RV
 from cmrlib.paths import RunPaths, project_root
 
@@ -95,6 +95,21 @@ def test_sources_params_name_the_key_and_the_fix(tmp_path):
         multi({"other": {"root": str(root)}})
     two = multi({"ours": {"source": "nifti", "root": str(root)}, "theirs": {"source": "nifti", "root": str(root)}})
     assert list(two.data.source_list()) == ["ours", "theirs"]
+
+
+def test_every_source_optional_without_a_root_is_an_error():
+    with pytest.raises(P.ParamsError, match=r"every source of data.sources \(acdc, mnms\) is optional and has no root"):
+        multi({"acdc": {"required": False}, "mnms": {"required": False}})
+
+
+def test_a_case_list_split_must_be_known(tmp_path):
+    root = nifti_folder(tmp_path / "nifti", n=2)
+    table = pd.read_csv(root / "cases.csv").assign(split=["train", "train", "test", "held"])
+    table.to_csv(root / "cases.csv", index=False)
+    with pytest.raises(LayoutError, match=r"cases.csv: split must be train, val, test or empty, found \['held'\]"):
+        load_all(make_params("nifti", root))
+    table.assign(split=["train", "train", "test", "test"]).to_csv(root / "cases.csv", index=False)
+    assert [v.layout_split for v in load_all(make_params("nifti", root))] == ["train", "train", "test", "test"]
 
 
 def test_a_domain_of_two_sources_is_an_error(tmp_path):

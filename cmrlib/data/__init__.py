@@ -140,7 +140,7 @@ def build_slices(params, data_dir: str | Path | None = None) -> SliceSet:
         Path(data_dir).mkdir(parents=True, exist_ok=True)
         pd.DataFrame(skipped, columns=["file", "reason"]).to_csv(Path(data_dir) / SKIPPED, index=False)
     if not parts:
-        raise ValueError(f"no slices from the sources {list(data.source_list())}: every case was empty or skipped"
+        raise ValueError(f"no slices from the source(s) {', '.join(data.source_list())}: every case was empty or skipped"
                          + (f" (see {Path(data_dir) / SKIPPED})" if data_dir is not None else ""))
     return concat(parts)
 
