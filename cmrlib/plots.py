@@ -393,7 +393,9 @@ def dcr_histograms(samples: dict[str, pd.DataFrame], reference: str, scores: dic
 
 def roc_curves(roc: pd.DataFrame, fpr_mark: float = 0.01) -> plt.Figure:
     """ROC curves of the membership attacks, one panel per arm, one line per (protocol, attack), from
-    ``cmrlib.privacy.Membership.roc``; log FPR axis, the chance diagonal and the FPR at which TPR is reported."""
+    ``cmrlib.privacy.Membership.roc`` (the primary cross-domain set's); log FPR axis, the chance diagonal and the FPR
+    at which TPR is reported."""
+    roc = roc[roc["primary"].astype(bool)]
     arms = list(dict.fromkeys(roc["arm"]))
     fig, axes = plt.subplots(1, len(arms), figsize=(3.2 * len(arms), 3.0), squeeze=False)
     for ax, arm in zip(axes[0], arms):
@@ -414,7 +416,9 @@ def roc_curves(roc: pd.DataFrame, fpr_mark: float = 0.01) -> plt.Figure:
 def auc_against_noise_level(table: pd.DataFrame, protocols: tuple[str, ...] = ("ours", "reference")) -> plt.Figure:
     """Membership AUC of the loss attack at each noise level (SNR, log axis), one line per arm with interval bars,
     one panel per protocol that the table holds (a run without a cross-domain set has no reference protocol); the
-    aggregated calibrated attack as a dashed horizontal line per arm. From ``cmrlib.privacy.Membership.table``."""
+    aggregated calibrated attack as a dashed horizontal line per arm. From ``cmrlib.privacy.Membership.table`` (its
+    primary rows: the reference protocol on the primary cross-domain set)."""
+    table = table[table["primary"].astype(bool)]
     protocols = tuple(p for p in protocols if (table["protocol"] == p).any()) or protocols[:1]
     fig, axes = plt.subplots(1, len(protocols), figsize=(3.6 * len(protocols), 3.0), squeeze=False, sharey=True)
     for ax, protocol in zip(axes[0], protocols):

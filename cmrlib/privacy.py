@@ -22,7 +22,9 @@ What is measured (metrics in :mod:`cmrlib.metrics.privacy`):
   error), and a calibrated attack (logistic regression on the per-level log errors, cross-fitted over patients);
 - the **reference protocol** of the reference study: the same attacks with cross-domain slices as non-members (a
   seeded choice of as many cross-domain patients as there are holdout patients, so both protocols have the same
-  sample sizes), and a
+  sample sizes), on every cross-domain set of the run (one row each in the table; the summary and the figure read
+  the primary one, ``privacy.reference_protocol_domain``, and a set of fewer than 2 patients is skipped with the
+  reason), and a
   **domain-shift control**: holdout slices (never trained on) against the same cross-domain slices. Both sets of
   that control are non-members, so its AUC is pure domain shift: where the reference protocol's AUC exceeds ours by
   about that much, it measured the vendor, not membership;
@@ -86,46 +88,63 @@ def reference_split(params: StudyParams, slices: SliceSet) -> str | None:
     return f"cross_{wanted}"
 
 
+MIN_PATIENTS = 2  # per class: the calibrated attack deals each class's patients to 2 folds
+
+
 @dataclass
 class Reference:
     """The real sets the privacy metrics compare with (built once by :func:`reference`)."""
 
     train: SliceSet  # the generators' training slices: the members
     holdout: SliceSet  # same vendors, never trained on: the non-members
-    cross: SliceSet | None  # the reference protocol's non-members: as many patients of the cross-domain set as holdout
-    cross_split: str | None  # patients; None when the run has no cross-domain set
+    # the reference protocol's non-members per cross-domain set (cross_<domain> -> as many of its patients as holdout
+    # patients), the primary one first; empty when the run has none
+    cross: dict[str, SliceSet]
+    cross_split: str | None  # the primary cross-domain set (privacy.reference_protocol_domain); None without one
     space: metrics.FeatureSpace
     train_features: np.ndarray  # the training images in the seg space
     holdout_nearest: pd.DataFrame = field(default_factory=pd.DataFrame)  # the holdout images' nearest-neighbour analysis
 
     @property
     def sets(self) -> dict[str, SliceSet]:
-        """The real sets the attacks compare: ``train``, ``holdout`` and, where the run has one, ``cross``."""
-        return {"train": self.train, "holdout": self.holdout, **({"cross": self.cross} if self.cross is not None else {})}
+        """The real sets the attacks compare: ``train``, ``holdout`` and every ``cross_<domain>`` of :attr:`cross`."""
+        return {"train": self.train, "holdout": self.holdout, **self.cross}
+
+    def attacked_cross(self) -> dict[str, str | None]:
+        """Each cross-domain set -> None when the reference protocol can attack it, else the reason it cannot."""
+        return {name: None if (n := s.meta["patient"].nunique()) >= MIN_PATIENTS else
+                f"{name} has {n} patient(s); the attack needs at least {MIN_PATIENTS}" for name, s in self.cross.items()}
 
 
 def protocol_status(ref: Reference) -> dict[str, dict]:
     """Each protocol's sets, what it measures, and whether this run can serve it (a protocol with a cross-domain set
-    is not applicable without one, :data:`NO_CROSS`). The one place that decides which protocols run."""
-    out = {}
+    is not applicable without one, :data:`NO_CROSS`, and skips a set too small to attack). The one place that
+    decides which protocols run on which sets."""
+    out, cross = {}, ref.attacked_cross()
     for name, (pos, neg, measures) in PROTOCOLS.items():
-        applicable = "cross" not in (pos, neg) or ref.cross is not None
+        uses_cross = "cross" in (pos, neg)
+        applicable = not uses_cross or cross.get(ref.cross_split, NO_CROSS) is None
         out[name] = {"positive": pos, "negative": ref.cross_split if neg == "cross" else neg, "measures": measures,
-                     "applicable": applicable, "reason": None if applicable else NO_CROSS}
+                     "applicable": applicable, "reason": None if applicable else cross.get(ref.cross_split, NO_CROSS),
+                     "cross_sets": [c for c, why in cross.items() if why is None] if uses_cross else [],
+                     "skipped": {c: why for c, why in cross.items() if why is not None} if uses_cross else {}}
     return out
 
 
 def reference(params: StudyParams, slices: SliceSet, segmenter: torch.nn.Module) -> Reference:
-    """The members, the non-members of both protocols, the seg space, and the holdout images' own analysis."""
+    """The members, the non-members of every protocol, the seg space, and the holdout images' own analysis."""
     space = metrics.seg_features(segmenter)
     train, holdout = slices.split("train"), slices.split("holdout")
-    cross_split, cross = reference_split(params, slices), None
-    if cross_split is not None:
-        every = slices.split(cross_split)
+    cross_split = reference_split(params, slices)
+    names = sorted(s for s in set(slices.meta["split"]) if str(s).startswith("cross_"))
+    cross = {}
+    for name in sorted(names, key=lambda s: s != cross_split):  # the primary set first
+        every = slices.split(name)
         patients = np.unique(every.meta["patient"].to_numpy())
         n = min(len(patients), holdout.meta["patient"].nunique())  # as many patients as our non-members: matched sizes
-        chosen = np.random.default_rng(_seed(params, "cross patients")).choice(patients, n, replace=False)
-        cross = every.select(every.meta["patient"].isin(chosen).to_numpy())
+        chosen = np.random.default_rng(_seed(params, "cross patients", *([name] if name != cross_split else []))).choice(
+            patients, n, replace=False)
+        cross[name] = every.select(every.meta["patient"].isin(chosen).to_numpy())
     ref = Reference(train=train, holdout=holdout, cross=cross, cross_split=cross_split, space=space,
                     train_features=space(train.images))
     ref.holdout_nearest = nearest_to_train(params, ref, holdout.images)
@@ -330,29 +349,34 @@ def attack(params: StudyParams, positive: np.ndarray, negative: np.ndarray, pos_
 class Membership:
     table: pd.DataFrame  # arm, protocol, attack, snr, level, noise_step, auc (+ interval), tpr_at_1fpr (+ interval), counts
     roc: pd.DataFrame  # arm, protocol, attack, fpr (list), tpr (list)
-    errors: dict[str, dict[str, np.ndarray]]  # arm -> set (train, holdout[, cross]) -> (N, L) errors
+    errors: dict[str, dict[str, np.ndarray]]  # arm -> set (train, holdout[, cross_<domain>...]) -> (N, L) errors
     seconds: dict[str, float]
     protocols: dict[str, dict] = field(default_factory=dict)  # protocol_status of the run; empty: all applicable
 
 
 def attacks(params: StudyParams, ref: Reference, errors: dict[str, dict[str, np.ndarray]],
             context: dict[str, dict] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every protocol's attacks on every arm's errors (arm -> set ``train``/``holdout``/``cross`` -> (N, L)); ``context``
-    (arm -> extra columns, e.g. the noise step per level and the checkpoint) joins the rows. Returns the long table
-    (arm, protocol, attack, level, snr, noise_step, auc with interval, tpr_at_1fpr with interval, counts) and ROC points."""
+    """Every protocol's attacks on every arm's errors (arm -> set ``train``/``holdout``/``cross_<domain>`` -> (N, L)),
+    a protocol with a cross-domain set once per attackable set (:func:`protocol_status`); ``context`` (arm -> extra
+    columns, e.g. the noise step per level and the checkpoint) joins the rows. Returns the long table (arm, protocol,
+    cross_set, primary, attack, level, snr, noise_step, auc with interval, tpr_at_1fpr with interval, counts; ``primary``
+    marks the rows the summary and figures read) and ROC points."""
     sets, status = ref.sets, protocol_status(ref)
     rows, roc = [], []
     for arm, by_set in errors.items():
         extra = dict((context or {}).get(arm, {}))
         steps = extra.pop("noise_steps", {})
         for protocol, (pos, neg, _) in PROTOCOLS.items():
-            if not status[protocol]["applicable"]:
-                continue
-            r, c = attack(params, by_set[pos], by_set[neg], sets[pos].meta["patient"], sets[neg].meta["patient"], f"{arm}/{protocol}")
-            rows += [{"arm": arm, "protocol": protocol, **x, "noise_step": steps.get(x["level"], math.nan), **extra} for x in r]
-            roc += [{"arm": arm, "protocol": protocol, **x} for x in c]
+            for cross in status[protocol]["cross_sets"] or ([""] if status[protocol]["applicable"] else []):
+                p, n = (cross if s == "cross" else s for s in (pos, neg))
+                tag = {"arm": arm, "protocol": protocol, "cross_set": cross, "primary": cross in ("", ref.cross_split)}
+                r, c = attack(params, by_set[p], by_set[n], sets[p].meta["patient"], sets[n].meta["patient"],
+                              f"{arm}/{protocol}" + (f"/{cross}" if cross and cross != ref.cross_split else ""))
+                rows += [{**tag, **x, "noise_step": steps.get(x["level"], math.nan), **extra} for x in r]
+                roc += [{**tag, **x} for x in c]
     table = pd.DataFrame(rows)
-    first = ["arm", "protocol", "attack", "level", "snr", "noise_step", "auc", "auc_low", "auc_high", "tpr_at_1fpr", "tpr_at_1fpr_low", "tpr_at_1fpr_high"]
+    first = ["arm", "protocol", "cross_set", "primary", "attack", "level", "snr", "noise_step", "auc", "auc_low",
+             "auc_high", "tpr_at_1fpr", "tpr_at_1fpr_low", "tpr_at_1fpr_high"]
     return table[first + [c for c in table.columns if c not in first]], pd.DataFrame(roc)
 
 
@@ -424,7 +448,7 @@ def summary(mem: Memorisation, mia: Membership, arms=None) -> pd.DataFrame:
             if not mia.protocols.get(protocol, {}).get("applicable", True):
                 rec.update({key: math.nan, f"{key}_low": math.nan, f"{key}_high": math.nan})
                 continue
-            r = _pick(mia.table, arm=arm, protocol=protocol, attack=kind, level="all")
+            r = _pick(mia.table, arm=arm, protocol=protocol, attack=kind, level="all", primary=True)
             rec.update({key: r[col], f"{key}_low": r[f"{col}_low"], f"{key}_high": r[f"{col}_high"]})
         ours = _pick(mia.table, arm=arm, protocol="ours", attack="calibrated", level="all")
         rec.update({"n_synthetic": int(len(mem.samples[arm])), "n_members": int(ours.n_positive), "n_nonmembers": int(ours.n_negative)})
@@ -449,8 +473,9 @@ def mask_record(masks: pd.DataFrame, params: StudyParams) -> dict:
 
 
 def per_level_auc(table: pd.DataFrame) -> dict:
-    """{arm: {protocol: [{snr, noise_step, auc, auc_low, auc_high}]}} of the loss attack at each noise level."""
-    levels = table[(table["attack"] == "loss") & (table["level"] != "all")]
+    """{arm: {protocol: [{snr, noise_step, auc, auc_low, auc_high}]}} of the loss attack at each noise level (the
+    primary cross-domain set's rows)."""
+    levels = table[(table["attack"] == "loss") & (table["level"] != "all") & table["primary"]]
     return {arm: {protocol: d[["snr", "noise_step", "auc", "auc_low", "auc_high"]].to_dict(orient="records")
                   for protocol, d in a.groupby("protocol", sort=False)} for arm, a in levels.groupby("arm", sort=False)}
 
@@ -464,8 +489,8 @@ def settings(params: StudyParams, ref: Reference) -> dict:
             "feature_space": ref.space.description, "bootstrap": p.bootstrap, "confidence": p.confidence,
             "counts": {"train_slices": len(ref.train), "train_patients": int(ref.train.meta["patient"].nunique()),
                        "holdout_slices": len(ref.holdout), "holdout_patients": int(ref.holdout.meta["patient"].nunique()),
-                       "cross_slices": 0 if ref.cross is None else len(ref.cross),
-                       "cross_patients": 0 if ref.cross is None else int(ref.cross.meta["patient"].nunique())}}
+                       "cross": {name: {"slices": len(s), "patients": int(s.meta["patient"].nunique())}
+                                 for name, s in ref.cross.items()}}}
 
 
 def save(params: StudyParams, paths: RunPaths, ref: Reference, mem: Memorisation, masks: pd.DataFrame, mia: Membership,

@@ -4,6 +4,7 @@ honest "generators", an overfitted model against an untrained one, and the axis 
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.spatial.distance import cdist
@@ -184,7 +185,7 @@ def test_the_axis_writes_every_key_the_paper_and_export_gate_read(tiny_run):
     masks = privacy.mask_copies(p, paths, ref)
     rng = np.random.default_rng(1)  # errors of a model that fits its members better (no model needed here)
     errors = {arm: {"train": rng.exponential(0.5, (len(ref.train), 2)), "holdout": rng.exponential(1.0, (len(ref.holdout), 2)),
-                    "cross": rng.exponential(1.0, (len(ref.cross), 2))} for arm in arms}
+                    **{name: rng.exponential(1.0, (len(s), 2)) for name, s in ref.cross.items()}} for arm in arms}
     table, roc = privacy.attacks(p, ref, errors)
     mia = privacy.Membership(table, roc, errors, {})
     path = privacy.save(p, paths, ref, mem, masks, mia, arms=arms)
@@ -198,6 +199,11 @@ def test_the_axis_writes_every_key_the_paper_and_export_gate_read(tiny_run):
         assert r["n_members"] == len(ref.train) and r["n_nonmembers"] == len(ref.holdout)
     assert record["mask_prior"]["copy_share"] == 1.0
     assert {r["level"] for r in record["mia"]} == {"0.3", "3", "all"}
+    mia_rows = pd.DataFrame(record["mia"])
+    crossing = mia_rows[mia_rows["protocol"] != "ours"]
+    assert set(crossing["cross_set"]) == set(ref.cross) == {"cross_C", "cross_D"}  # a row per cross-domain set
+    assert set(crossing.loc[crossing["primary"], "cross_set"]) == {ref.cross_split}
+    assert set(mia_rows.loc[mia_rows["protocol"] == "ours", "cross_set"]) == {""}
     assert (paths.tables / "privacy_summary.csv").is_file()
 
 
@@ -218,7 +224,7 @@ def test_without_a_cross_domain_set_the_reference_protocol_is_not_applicable(tin
     alone = slices.select(~slices.meta["split"].str.startswith("cross_").to_numpy())
     single = p.model_copy(update={"data": p.data.model_copy(update={"cross_domains": []})})
     assert privacy.reference_split(single, alone) is None
-    ref = dataclasses.replace(ref, cross=None, cross_split=None)
+    ref = dataclasses.replace(ref, cross={}, cross_split=None)
     assert set(ref.sets) == {"train", "holdout"}
     status = privacy.protocol_status(ref)
     assert status["ours"]["applicable"] and not status["reference"]["applicable"] and not status["domain shift"]["applicable"]
@@ -233,7 +239,7 @@ def test_without_a_cross_domain_set_the_reference_protocol_is_not_applicable(tin
     summary = record["summary"][0]
     assert summary["mia_auc"] > 0.6 and summary["reference_mia_auc"] is None and summary["domain_shift_auc"] is None
     assert record["settings"]["protocols"]["reference"]["applicable"] is False
-    assert record["settings"]["counts"]["cross_patients"] == 0
+    assert record["settings"]["counts"]["cross"] == {}
 
 
 # -- an overfitted model against an untrained one -------------------------------------------------------------------
@@ -267,3 +273,19 @@ def test_an_overfitted_model_is_caught_and_an_untrained_one_is_not():
         opt.step()
     model.eval()
     assert _model_auc(model, members, nonmembers, p) > 0.9
+
+
+def test_a_cross_domain_set_too_small_to_attack_is_skipped_with_the_reason(tiny_run):
+    import dataclasses
+
+    p, paths, slices, ref = tiny_run
+    other = next(name for name in ref.cross if name != ref.cross_split)
+    one = ref.cross[other].select((ref.cross[other].meta["patient"] == ref.cross[other].meta["patient"].iloc[0]).to_numpy())
+    small = dataclasses.replace(ref, cross={**ref.cross, other: one})
+    status = privacy.protocol_status(small)
+    assert status["reference"]["applicable"] and status["reference"]["cross_sets"] == [ref.cross_split]
+    assert status["reference"]["skipped"] == {other: f"{other} has 1 patient(s); the attack needs at least 2"}
+    rng = np.random.default_rng(1)
+    errors = {"ddpm": {name: rng.exponential(1.0, (len(s), 2)) for name, s in small.sets.items()}}
+    table, _ = privacy.attacks(p, small, errors)
+    assert set(table["cross_set"]) == {"", ref.cross_split}
