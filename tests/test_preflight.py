@@ -34,11 +34,13 @@ def test_the_data_stages_counts_name_each_need_a_later_stage_cannot_meet(tmp_pat
     # utility regime (its first patient) for a batch of 8
     splits, meta = _run_files(tmp_path, {"train": ["a", "b", "c", "d"], "holdout": ["h"], "test": ["t"], "cross_C": ["x"]},
                               {"a": 2, "b": 9, "c": 9, "d": 9})
-    p = tiny_params("pre", utility={"n_real_patients": [1, None], "segmenter": {"batch_size": 8}})
+    p = tiny_params("pre", data={"n_cross_patients": 1}, utility={"n_real_patients": [1, None], "segmenter": {"batch_size": 8}})
     found = preflight.problems(p, preflight.counts_from_run(splits, meta))
     text = "\n".join(found)
     assert any(m.startswith("50_privacy: the calibrated membership attack deals holdout patients") and "got 1" in m for m in found), text
-    assert any(m.startswith("50_privacy: the reference protocol takes 1 patient(s) of cross_C") for m in found), text
+    assert any(m.startswith("50_privacy: data.n_cross_patients = 1 leaves the reference protocol 1 patient") for m in found), text
+    uncapped = preflight.problems(tiny_params("pre"), preflight.counts_from_run(splits, meta))
+    assert not any("reference protocol" in m for m in uncapped)  # one patient in the data: reported as not attackable
     assert any(m.startswith("40_utility: utility.segmenter.batch_size = 8 exceeds the 2 slices of the 1 real patient(s)")
                for m in found), text
     assert all(str(splits) in m for m in found if m.startswith(("50_privacy", "40_utility: utility.segmenter"))), text
