@@ -431,7 +431,8 @@ class PrivacyParams(_Section):
         "reference's DDPM band (t in [300, 600): SNR 0.08-0.67) and the low-noise levels where memorisation shows most")
     mia_draws: int = Field(default=1, ge=1, description="noise draws averaged per slice and level (fixed seeds)")
     reference_protocol_domain: str | None = Field(
-        default=None, description="cross-domain set used as non-members by the reference protocol; null: the first cross_<domain>")
+        default=None, description="cross-domain set whose reference protocol the summary, the export gate and the "
+        "figures read (every set is attacked); null: the first cross_<domain> of at least 2 patients")
     bootstrap: int = Field(default=1000, ge=10)
     confidence: float = Field(default=0.95, gt=0, lt=1)
 

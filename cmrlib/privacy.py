@@ -74,21 +74,23 @@ NO_CROSS = ("not applicable: the run has no cross-domain set (data.cross_domains
             "besides the training ones), so the reference protocol's non-members do not exist")
 
 
+MIN_PATIENTS = 2  # per class: the calibrated attack deals each class's patients to 2 folds
+
+
 # -- the real sets ---------------------------------------------------------------------------------------------------
 def reference_split(params: StudyParams, slices: SliceSet) -> str | None:
-    """The cross-domain split whose slices are the reference protocol's non-members; None when the run has none (the
-    protocols that need one are then not applicable, :func:`protocol_status`)."""
+    """The primary cross-domain split, whose slices are the reference protocol's non-members in the summary: the one
+    ``privacy.reference_protocol_domain`` names, else the first with enough patients to attack (else the first); None
+    when the run has none (the protocols that need one are then not applicable, :func:`protocol_status`)."""
     cross = sorted(s for s in set(slices.meta["split"]) if str(s).startswith("cross_"))
     wanted = params.privacy.reference_protocol_domain
     if wanted is None:
-        return cross[0] if cross else None
+        patients = slices.meta.groupby("split")["patient"].nunique()
+        return next((c for c in cross if patients[c] >= MIN_PATIENTS), cross[0] if cross else None)
     if f"cross_{wanted}" not in cross:
         raise ValueError(f"privacy.reference_protocol_domain = {wanted!r}, but the run's cross-domain sets are {cross}: "
                          f"choose one of {[c.removeprefix('cross_') for c in cross]} or null (the first)")
     return f"cross_{wanted}"
-
-
-MIN_PATIENTS = 2  # per class: the calibrated attack deals each class's patients to 2 folds
 
 
 @dataclass
