@@ -136,6 +136,12 @@ def _write_pairs(images: np.ndarray, masks: np.ndarray, out: Path, spacing: floa
     return cases
 
 
+def _training_data_sets(params: StudyParams, paths: RunPaths) -> list[str]:
+    """The data sets of the generators' training domains (a test-only source is not training data)."""
+    datasets = json.loads(paths.splits.read_text()).get("datasets", {}) if paths.splits.is_file() else {}
+    return sorted({datasets.get(d, d) for d in params.data.train_domains})
+
+
 def data_card(params: StudyParams, paths: RunPaths, arm: str, samples: str, n: int, gate: dict) -> dict:
     """What the exported set is and what the run measured about it."""
     table = generation.samples_table(paths, arm)
@@ -155,7 +161,7 @@ def data_card(params: StudyParams, paths: RunPaths, arm: str, samples: str, n: i
         "arm": arm, "samples": samples, "n": n, "cmrlib_version": __version__,
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": {"name": params.run_name, "folder": str(paths.root), "params_digest": params.digest(), "seed": params.seed},
-        "training_data": {"sources": {n: s.source for n, s in params.data.source_list().items()}, "train_patients": params.data.n_train_patients,
+        "training_data": {"data_sets": _training_data_sets(params, paths), "train_patients": params.data.n_train_patients,
                           "domains": params.data.train_domains, "image_size": params.data.image_size,
                           "pixel_size_mm": pixel_size_mm(params.data), "resampled_to_mm": params.data.spacing_mm,
                           "crop_mm": params.data.crop_mm},
@@ -171,7 +177,7 @@ def _card_markdown(card: dict) -> str:
     verdict = "passed" if gate["passed"] else f"FAILED, exported by override: {gate['override']}"
     lines = [f"# Synthetic cardiac MRI: {registry.label(card['arm'])}, {card['n']} image/mask pairs", "",
              f"- run `{card['run']['name']}` (params digest {card['run']['params_digest']}), cmrlib {card['cmrlib_version']}",
-             f"- trained on {card['training_data']['train_patients']} patients ({', '.join(card['training_data']['sources'].values())}, "
+             f"- trained on {card['training_data']['train_patients']} patients ({', '.join(card['training_data']['data_sets'])}, "
              f"domains {', '.join(card['training_data']['domains'])}), {card['training_data']['image_size']} px",
              f"- sampler {card['generation']['sampler']}, {card['generation']['steps']} steps, {card['generation']['weights']} "
              f"weights of step {card['generation']['checkpoint_step']}; masks: {card['masks']}",

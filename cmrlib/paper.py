@@ -106,8 +106,9 @@ def smallest_n(utility: dict) -> int:
 
 
 def cross_sets(utility: dict) -> list[str]:
-    """The utility axis's cross-domain evaluation sets (``cross_<domain>``); empty for a single-domain run."""
-    return sorted(s for s in _utility_rows(utility).eval_set.unique() if s != "test")
+    """The utility axis's cross-domain evaluation sets (``cross_<domain>``, in the order of ``data.cross_domains``);
+    empty for a single-domain run."""
+    return [s for s in _utility_rows(utility).eval_set.unique() if s != "test"]
 
 
 def reference_protocol_applies(privacy: dict) -> bool:
@@ -272,7 +273,10 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
         "mia_draws": str(params.privacy.mia_draws), "max_copy_share": fmt(params.export.max_copy_share, 2),
         "max_mia_auc": fmt(params.export.max_mia_auc, 2), "chance": "0.5",
         "n_cross_sets": str(len(cross_sets(results["utility"]))),
+        "first_cross_set": next(iter(cross_sets(results["utility"])), "none").removeprefix("cross_"),
         "reference_protocol": "applicable" if reference_protocol_applies(results["privacy"]) else "not applicable",
+        "reference_protocol_reason": str(results["privacy"].get("settings", {}).get("protocols", {}).get("reference", {})
+                                         .get("reason") or "").removeprefix("not applicable: "),
     }
     for arm in registry.names():
         p = registry.get(arm).params(params)
@@ -335,7 +339,9 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
                         "no cross-domain set (the run has no domain besides the training ones)")
     tested_on = "the in-domain and cross-domain sets" if crossing else "the in-domain test set"
     test_list = ", the data's own test list" if params.data.test_split == "layout" else ""
-    cross_utility = (f" Cross-domain (first other vendor): real only {_interval(n, 'real_only_cross_dice')}." if crossing
+    val_text = (f"{n['n_val']} validation patients of the same vendors (never trained on by a generator; reserved for "
+                "the recipe's choices), " if params.data.n_val_patients else "")
+    cross_utility = (f" Cross-domain (the first cross-domain set, {n['first_cross_set']}): real only {_interval(n, 'real_only_cross_dice')}." if crossing
                      else " No cross-domain set: generalisation to other vendors is not measured by this run.")
     arms = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_mask_dice')}" for a in registry.names())
     utility = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_utility_dice')}" for a in registry.names())
@@ -350,7 +356,7 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
         "the reference protocol's AUC that this control also reaches is vendor shift, not membership."
         if n.get("reference_protocol", "applicable") == "applicable" else
         "The reference protocol (non-members from another vendor) and its domain-shift control are not applicable: "
-        "the run has no cross-domain set.")
+        f"{n['reference_protocol_reason'] or 'the run has no cross-domain set'}.")
     deltas = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_utility_delta')}" for a in registry.names())
     verdict_text = "; ".join(f"*{r.claim}*: **{n[f'claim_{r.key}']}**" for r in claims.itertuples())
     budgets = sorted({k.split("_")[1] for k in n if re.fullmatch(r"budget_\d+pct", k)}, key=lambda v: int(v[:-3]))
@@ -372,8 +378,7 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
               f"{n['crop_mm']} mm around the heart and resized to {n['image_size']} x {n['image_size']} pixels of "
               f"{n['pixel_mm']} mm, and scaled to [-1, 1]. Patients are split once (seed {n['seed']}): "
               f"{n['n_train']} training patients ({n['n_train_slices']} slices; the generators' members), {n['n_holdout']} "
-              f"held-out patients of the same vendors (non-members), {n['n_val']} validation patients of the same vendors "
-              f"(never trained on; the recipe's sampler choices were made on them), {n['n_test']} in-domain test patients "
+              f"held-out patients of the same vendors (non-members), {val_text}{n['n_test']} in-domain test patients "
               f"({n['n_test_slices']} slices{test_list}) "
               f"and {cross_split_text}."),
         ("p", f"**Generators.** Stage 1 draws a label map from a mask prior ({n['mask_prior_steps']} training steps, "

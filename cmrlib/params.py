@@ -145,7 +145,8 @@ class DataParams(_Section):
     n_train_patients: int = Field(default=16, ge=1, description="the limited-data knob: the generators' training patients")
     n_holdout_patients: int = Field(default=8, ge=0, description="same-distribution non-members for the privacy attacks")
     n_val_patients: int = Field(default=8, ge=0, description="validation patients of the training domains, never "
-                                "trained on by a generator: the set on which the recipe's choices are made")
+                                "trained on by a generator, reserved for the recipe's choices (the sampler "
+                                "diagnosis chooses on them)")
     n_test_patients: int = Field(default=8, ge=0, description="in-domain test patients")
     n_cross_patients: int | None = Field(default=None, ge=1, description="patients per cross-domain set; null: all")
     phantom: PhantomParams = PhantomParams()
@@ -180,6 +181,8 @@ class DataParams(_Section):
                                  "root: give at least one root (--set data.sources.<name>.root=PATH)")
         else:
             SourceParams(**{f: getattr(self, f) for f in _SOURCE_FIELDS}).check(self.source, "data")
+        if self.test_split == "layout" and not self.real:
+            raise ValueError("data.test_split is 'layout', but the phantom has no split of its own: use random")
         overlap = set(self.train_domains) & set(self.cross_domains or [])
         if overlap:
             raise ValueError(f"domains {sorted(overlap)} are in both train_domains and cross_domains")
@@ -431,8 +434,8 @@ class PrivacyParams(_Section):
         "reference's DDPM band (t in [300, 600): SNR 0.08-0.67) and the low-noise levels where memorisation shows most")
     mia_draws: int = Field(default=1, ge=1, description="noise draws averaged per slice and level (fixed seeds)")
     reference_protocol_domain: str | None = Field(
-        default=None, description="cross-domain set whose reference protocol the summary, the export gate and the "
-        "figures read (every set is attacked); null: the first cross_<domain> of at least 2 patients")
+        default=None, description="cross-domain set whose reference protocol the summary and the figures read (every "
+        "set is attacked); null: the first cross_<domain> (in data.cross_domains' order) of at least 2 patients")
     bootstrap: int = Field(default=1000, ge=10)
     confidence: float = Field(default=0.95, gt=0, lt=1)
 

@@ -86,7 +86,7 @@ def problems(params: StudyParams, counts: Counts | None) -> list[str]:
     where = f" (counts from {counts.source})"
     n = counts.patients
     if n.get("test", 0) < 1:
-        out.append("30_fidelity: the paired set and every test score need in-domain test patients, and there are none"
+        out.append("30_fidelity, 40_utility: the paired set and every test score need in-domain test patients, and there are none"
                    f"{where}: set data.n_test_patients >= 1")
     for name, need in (("train", 2), ("holdout", 2)):
         if n.get(name, 0) < need:
@@ -125,8 +125,9 @@ def problems(params: StudyParams, counts: Counts | None) -> list[str]:
 def check(params: StudyParams, counts: Counts | None, done: str = "nothing was run",
           stages: Collection[str] | None = None) -> None:
     """Raise :class:`PreflightError` listing every problem of :func:`problems` (of the named ``stages`` only, when
-    given: a stage name such as ``20_generator[fm]`` or a notebook's stem); ``done`` says what already ran."""
-    found = [p for p in problems(params, counts) if stages is None or p.split(":", 1)[0] in stages]
+    given: a problem names its stages before the first colon, such as ``20_generator[fm]`` or ``30_fidelity,
+    40_utility``); ``done`` says what already ran."""
+    found = [p for p in problems(params, counts) if stages is None or set(p.split(":", 1)[0].split(", ")) & set(stages)]
     if found:
         raise PreflightError(f"this configuration would fail in a later stage ({done}); fix the params and run again:"
                              "\n  - " + "\n  - ".join(found))

@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 from . import generation, metrics, registry, report
 from .data.records import SliceSet
+from .data.splits import in_cross_order
 from .jsonio import write_json
 from .metrics import privacy as mp
 from .params import StudyParams
@@ -82,14 +83,14 @@ def reference_split(params: StudyParams, slices: SliceSet) -> str | None:
     """The primary cross-domain split, whose slices are the reference protocol's non-members in the summary: the one
     ``privacy.reference_protocol_domain`` names, else the first with enough patients to attack (else the first); None
     when the run has none (the protocols that need one are then not applicable, :func:`protocol_status`)."""
-    cross = sorted(s for s in set(slices.meta["split"]) if str(s).startswith("cross_"))
+    cross = in_cross_order(slices.meta["split"], params.data.cross_domains)
     wanted = params.privacy.reference_protocol_domain
     if wanted is None:
         patients = slices.meta.groupby("split")["patient"].nunique()
         return next((c for c in cross if patients[c] >= MIN_PATIENTS), cross[0] if cross else None)
     if f"cross_{wanted}" not in cross:
         raise ValueError(f"privacy.reference_protocol_domain = {wanted!r}, but the run's cross-domain sets are {cross}: "
-                         f"choose one of {[c.removeprefix('cross_') for c in cross]} or null (the first)")
+                         f"choose one of {[c.removeprefix('cross_') for c in cross]} or null (the first with at least {MIN_PATIENTS} patients)")
     return f"cross_{wanted}"
 
 
@@ -138,14 +139,13 @@ def reference(params: StudyParams, slices: SliceSet, segmenter: torch.nn.Module)
     space = metrics.seg_features(segmenter)
     train, holdout = slices.split("train"), slices.split("holdout")
     cross_split = reference_split(params, slices)
-    names = sorted(s for s in set(slices.meta["split"]) if str(s).startswith("cross_"))
+    names = in_cross_order(slices.meta["split"], params.data.cross_domains)
     cross = {}
     for name in sorted(names, key=lambda s: s != cross_split):  # the primary set first
         every = slices.split(name)
         patients = np.unique(every.meta["patient"].to_numpy())
         n = min(len(patients), holdout.meta["patient"].nunique())  # as many patients as our non-members: matched sizes
-        chosen = np.random.default_rng(_seed(params, "cross patients", *([name] if name != cross_split else []))).choice(
-            patients, n, replace=False)
+        chosen = np.random.default_rng(_seed(params, "cross patients", name)).choice(patients, n, replace=False)
         cross[name] = every.select(every.meta["patient"].isin(chosen).to_numpy())
     ref = Reference(train=train, holdout=holdout, cross=cross, cross_split=cross_split, space=space,
                     train_features=space(train.images))
@@ -373,7 +373,7 @@ def attacks(params: StudyParams, ref: Reference, errors: dict[str, dict[str, np.
                 p, n = (cross if s == "cross" else s for s in (pos, neg))
                 tag = {"arm": arm, "protocol": protocol, "cross_set": cross, "primary": cross in ("", ref.cross_split)}
                 r, c = attack(params, by_set[p], by_set[n], sets[p].meta["patient"], sets[n].meta["patient"],
-                              f"{arm}/{protocol}" + (f"/{cross}" if cross and cross != ref.cross_split else ""))
+                              f"{arm}/{protocol}" + (f"/{cross}" if cross else ""))
                 rows += [{**tag, **x, "noise_step": steps.get(x["level"], math.nan), **extra} for x in r]
                 roc += [{**tag, **x} for x in c]
     table = pd.DataFrame(rows)

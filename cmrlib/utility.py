@@ -200,8 +200,8 @@ def pixel_spacing_mm(params: StudyParams) -> float:
 
 
 def eval_sets(splits: dict) -> list[str]:
-    """``test`` and every ``cross_<domain>`` set of the splits (in that order)."""
-    return ["test"] + sorted(s for s in splits["sets"] if s.startswith("cross_"))
+    """``test`` and every ``cross_<domain>`` set of the splits, in the order of ``data.cross_domains``."""
+    return ["test"] + [f"cross_{d}" for d in splits["cross_domains"]]
 
 
 def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:

@@ -105,7 +105,7 @@ def test_every_number_of_the_manuscript_is_in_the_numbers_file(tmp_path):
     assert json.loads((folder / "numbers.json").read_text()) == numbers
     tex = (folder / "main.tex").read_text()
     assert "\\input{tables/trade_off.tex}" in tex and "\\input{numbers.tex}" in tex
-    assert "Cross-domain (first other vendor)" in text and "not applicable" not in text
+    assert "Cross-domain (the first cross-domain set, C)" in text and "not applicable" not in text
 
 
 def test_a_run_without_a_cross_domain_set_says_so_and_claims_nothing_about_vendor_shift(tmp_path):

@@ -149,3 +149,16 @@ def test_real_multi_source_study_to_the_end_of_one_arm(tmp_path):
     assert set(meta.loc[meta["split"] == "cross_C", "dataset"]) == {"mnms"}
     assert all(record["stages"][s]["status"] == "done" for s in ("00_data", "10_mask_prior", "20_generator[fm]"))
     assert (run / "samples" / "fm" / "synthetic.npz").exists()
+
+
+def test_cross_domain_sets_keep_the_params_order_and_layout_errors_name_the_entry(tmp_path):
+    from cmrlib.data.splits import in_cross_order
+
+    assert in_cross_order(["cross_D", "test", "cross_ACDC", "cross_C"], ["C", "D", "ACDC"]) == ["cross_C", "cross_D", "cross_ACDC"]
+    assert in_cross_order(["cross_D", "cross_ACDC", "cross_C"], None) == ["cross_ACDC", "cross_C", "cross_D"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LayoutError, match=r"^data.sources.acdc: ACDC: no patientNNN folders .* data.sources.acdc.<key>"):
+        build_slices(multi({"acdc": {"root": str(empty)}}, train_domains=["ACDC"]))
+    with pytest.raises(P.ParamsError, match="data.test_split is 'layout', but the phantom has no split of its own"):
+        P.validate({"run_name": "t", "data": {"test_split": "layout"}})

@@ -94,10 +94,17 @@ def _cached(paths: RunPaths, digest: str) -> bool:
 
 
 def _items(data, seed: int) -> Iterator[tuple[str, Volume | Case]]:
-    """(source name, case) of every source of the run, one progress bar per source."""
+    """(source name, case) of every source of the run, one progress bar per source. In a run with ``data.sources``
+    a layout error says which entry it is about (the loaders name the one-source keys)."""
     for name, source in data.source_list().items():
-        for item in tqdm(SOURCES[source.source](source, seed), desc=f"preprocessing {name} volumes", unit="vol"):
-            yield name, item
+        try:
+            for item in tqdm(SOURCES[source.source](source, seed), desc=f"preprocessing {name} volumes", unit="vol"):
+                yield name, item
+        except LayoutError as exc:
+            if data.sources is None:
+                raise
+            raise LayoutError(f"data.sources.{name}: {exc} (in a run with data.sources, a key named data.<key> "
+                              f"here is data.sources.{name}.<key>)") from exc
 
 
 def build_slices(params, data_dir: str | Path | None = None) -> SliceSet:

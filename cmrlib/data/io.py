@@ -191,7 +191,7 @@ def map_labels(mask: np.ndarray, data, where: str | Path, default: Mapping[int, 
 def layout_split(folder: Path, root: Path) -> str:
     """``train``, ``val`` or ``test`` when a folder between ``root`` and ``folder`` names the layout's own split
     (ACDC's ``training`` / ``testing``, M&Ms' ``Training`` / ``Validation`` / ``Testing``); else ""."""
-    parts = [p.lower() for p in folder.resolve().relative_to(root.resolve()).parts]
+    parts = [p.lower() for p in folder.relative_to(root).parts]  # both found below root by globbing
     found = {LAYOUT_SPLITS[p] for p in parts if p in LAYOUT_SPLITS}
     return found.pop() if len(found) == 1 else ""
 

@@ -34,6 +34,15 @@ def cross_domains_of(domains: list[str], train_domains: list[str], cross_domains
     return [d for d in domains if d not in train_domains] if cross_domains is None else list(cross_domains)
 
 
+def in_cross_order(names, cross_domains: list[str] | None) -> list[str]:
+    """The ``cross_<domain>`` set names among ``names``, in the order of ``data.cross_domains`` (null: sorted)."""
+    present = sorted(n for n in set(names) if str(n).startswith("cross_"))
+    if cross_domains is None:
+        return present
+    rank = {f"cross_{d}": i for i, d in enumerate(cross_domains)}
+    return sorted(present, key=lambda n: rank.get(n, len(rank)))
+
+
 def layout_test_patients(meta: pd.DataFrame, train_domains: list[str]) -> list[str]:
     """The training domains' patients that the data's own split lists as test (any of their rows)."""
     rows = meta["domain"].isin(train_domains) & (meta["layout_split"] == "test")
@@ -72,6 +81,7 @@ def make_splits(
     rng = np.random.default_rng(seed)
     patients_of = {d: sorted(set(meta.loc[meta["domain"] == d, "patient"])) for d in domains}
     test = layout_test_patients(meta, train_domains) if test_split == "layout" else []
+    available = sum(len(patients_of[d]) for d in train_domains)
     order = _round_robin([[p for p in rng.permutation(patients_of[d]) if p not in test] for d in train_domains])
     if test_split != "layout":
         test, order = sorted(order[:n_test]), order[n_test:]
@@ -81,7 +91,7 @@ def make_splits(
                   if test_split != "layout" else f"the layout's {len(test)} test patients, then n_holdout_patients + "
                   "n_val_patients + n_train_patients = ")
         raise ValueError(f"data: {counts}{n_holdout} + {n_val} + {n_train}, but the training domains {train_domains} "
-                         f"have only {len(order) + (n_test if test_split != 'layout' else 0)} patients"
+                         f"have only {available} patients"
                          f"{' besides the test ones' if test_split == 'layout' else ''}; lower them or add data")
     sets = {
         "test": test,
