@@ -16,12 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .paths import atomic_path, project_root
 
@@ -62,6 +63,7 @@ SourceName = Literal["phantom", "acdc", "acdc_h5", "mnms", "nifti"]
 LabelName = Literal["background", "LV", "MYO", "RV"]
 # file value -> structure; keys not strict, as a run folder's params.yaml (written as JSON data) stores them as text
 LabelMap = dict[Annotated[int, Field(strict=False)], LabelName]
+DataRoot = Annotated[str | None, AfterValidator(lambda value: None if value is None else str(resolve_path(value)))]
 
 
 class SourceParams(_Section):
@@ -69,8 +71,9 @@ class SourceParams(_Section):
     sources (the fields of the same names in ``data`` for a run with one)."""
 
     source: SourceName | None = Field(default=None, description="the loader (as data.source); null: the entry's name "
-                                      "(data.sources.acdc reads ACDC's official layout)")
-    root: str | None = Field(default=None, description="data folder of a real source; relative to the repository")
+                                      "(data.sources.acdc reads ACDC's official layout); an entry named otherwise "
+                                      "prefixes its patient ids with its name (two nifti folders may both have a p001)")
+    root: DataRoot = Field(default=None, description="data folder of a real source; relative to the repository")
     required: bool = Field(default=True, description="false: a source whose root is null is left out of the run "
                            "(an optional cross-domain set); true: a null root is an error")
     info_csv: str | None = Field(
@@ -85,11 +88,6 @@ class SourceParams(_Section):
         default=None, description="file label value -> LV, MYO, RV or background, for a numbering other than the "
         "source's own (for example {200: MYO, 500: LV, 600: RV}); a value not listed is an error; null: the source's "
         "numbering (ACDC's 1 RV, 2 MYO, 3 LV; M&Ms' and nifti's 1 LV, 2 MYO, 3 RV)")
-
-    @field_validator("root")
-    @classmethod
-    def _resolve_root(cls, value: str | None) -> str | None:
-        return None if value is None else str(resolve_path(value))
 
     @field_validator("label_map")
     @classmethod
@@ -119,7 +117,7 @@ class DataParams(_Section):
     source: SourceName = Field(
         default="phantom", description="phantom (embedded), acdc (official NIfTI), acdc_h5 (preprocessed HDF5), "
         "mnms (M&Ms, 4D or per-frame NIfTI), nifti (a folder of NIfTI pairs listed in data.csv)")
-    root: str | None = Field(default=None, description="data folder of a real source; relative to the repository")
+    root: DataRoot = SourceParams.model_fields["root"]
     sources: dict[str, SourceParams] | None = Field(
         default=None, description="several sources in one run: name -> the source's loader, root and options (the "
         "source fields of data, which then stay at their defaults); domain names must be unique across the sources, "
@@ -150,11 +148,6 @@ class DataParams(_Section):
     n_test_patients: int = Field(default=8, ge=0, description="in-domain test patients")
     n_cross_patients: int | None = Field(default=None, ge=1, description="patients per cross-domain set; null: all")
     phantom: PhantomParams = PhantomParams()
-
-    @field_validator("root")
-    @classmethod
-    def _resolve_root(cls, value: str | None) -> str | None:
-        return None if value is None else str(resolve_path(value))
 
     @model_validator(mode="after")
     def _check_sources(self) -> "DataParams":
@@ -526,13 +519,36 @@ def _first_line(exc: Exception) -> str:
     return " ".join(text.split("\n")[:3]) if text else type(exc).__name__
 
 
+def _unwrap(annotation: Any) -> Any:
+    """``X | None`` -> ``X``; anything else unchanged."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return args[0] if union and len(args) == 1 else annotation
+
+
+def _section_at(model: type[BaseModel], parts: Sequence[Any]) -> Any:
+    """The schema section at a key path (an entry of a mapping such as ``data.sources.acdc`` is its value's type)."""
+    section: Any = model
+    parts = list(parts)
+    while parts:
+        part = parts.pop(0)
+        is_model = isinstance(section, type) and issubclass(section, BaseModel)
+        field = section.model_fields.get(str(part)) if is_model else None
+        if field is None:
+            return None
+        section = _unwrap(field.annotation)
+        if typing.get_origin(section) is dict:
+            if not parts:
+                return None
+            parts.pop(0)  # the entry's name
+            section = _unwrap(typing.get_args(section)[1])
+    return section
+
+
 def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
     loc = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
-        section: Any = model
-        for part in err["loc"][:-1]:
-            field = section.model_fields.get(str(part)) if isinstance(section, type) else None
-            section = field.annotation if field is not None else None
+        section = _section_at(model, err["loc"][:-1])
         valid = sorted(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else []
         return f"unknown key {loc!r}" + (f" (valid keys here: {', '.join(valid)})" if valid else "")
     if err["type"] == "missing":

@@ -93,8 +93,10 @@ def test_sources_params_name_the_key_and_the_fix(tmp_path):
     assert [(n, s.source) for n, s in h5.data.source_list().items()] == [("acdc", "acdc_h5")]  # M&Ms is optional
     with pytest.raises(P.ParamsError, match="data.sources.other: 'other' is not a source; name its loader"):
         multi({"other": {"root": str(root)}})
-    two = multi({"ours": {"source": "nifti", "root": str(root)}, "theirs": {"source": "nifti", "root": str(root)}})
+    other = nifti_folder(tmp_path / "other", n=1, domains=("B",))  # the same patient id p0 as root's
+    two = multi({"ours": {"source": "nifti", "root": str(root)}, "theirs": {"source": "nifti", "root": str(other)}})
     assert list(two.data.source_list()) == ["ours", "theirs"]
+    assert set(build_slices(two).meta["patient"]) == {"ours_nifti_p0", "theirs_nifti_p0"}
 
 
 def test_every_source_optional_without_a_root_is_an_error():
@@ -162,3 +164,8 @@ def test_cross_domain_sets_keep_the_params_order_and_layout_errors_name_the_entr
         build_slices(multi({"acdc": {"root": str(empty)}}, train_domains=["ACDC"]))
     with pytest.raises(P.ParamsError, match="data.test_split is 'layout', but the phantom has no split of its own"):
         P.validate({"run_name": "t", "data": {"test_split": "layout"}})
+
+
+def test_an_unknown_key_of_a_source_entry_lists_the_valid_keys():
+    with pytest.raises(P.ParamsError, match=r"unknown key 'data.sources.acdc.rooot' \(valid keys here: assumed_spacing_mm, csv"):
+        P.load(REPO / "params/smoke.yaml", ["data.sources.acdc.rooot=x"])

@@ -119,11 +119,14 @@ def build_slices(params, data_dir: str | Path | None = None) -> SliceSet:
     skipped: list[dict[str, str]] = []
     seen: dict[tuple[str, str], str] = {}  # (patient, phase) -> the file it came from
     domain_source: dict[str, str] = {}  # domain -> the source it came from
+    renamed = {name for name, source in data.source_list().items() if name != source.source}
     for name, item in _items(data, params.seed):
         where = item.source
         try:
             vol = item.load() if isinstance(item, Case) else item
             where = vol.source
+            if name in renamed:
+                vol.patient = f"{name}_{vol.patient}"
             key = (vol.patient, vol.phase)
             if key in seen:
                 raise DuplicateCaseError(f"{vol.source}: patient {vol.patient} ({vol.phase}) is given twice, also by "
