@@ -341,7 +341,8 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
     test_list = ", the data's own test list" if params.data.test_split == "layout" else ""
     val_text = (f"{n['n_val']} validation patients of the same vendors (never trained on by a generator; reserved for "
                 "the recipe's choices), " if params.data.n_val_patients else "")
-    cross_utility = (f" Cross-domain (the first cross-domain set, {n['first_cross_set']}): real only {_interval(n, 'real_only_cross_dice')}." if crossing
+    cross_utility = (f" Cross-domain (the first cross-domain set, {n['first_cross_set']}): real only "
+                     f"{_interval(n, 'real_only_cross_dice')}." if crossing
                      else " No cross-domain set: generalisation to other vendors is not measured by this run.")
     arms = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_mask_dice')}" for a in registry.names())
     utility = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_utility_dice')}" for a in registry.names())

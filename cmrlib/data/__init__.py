@@ -176,8 +176,9 @@ def prepare(params, paths: RunPaths, *, force: bool = False) -> SliceSet:
     slices.meta["split"] = assign(slices.meta, splits)
     slices.save(paths.data)
     save_splits(paths.splits, splits)
-    write_json(manifest_path, {"digest": digest, "sources": {n: s.source for n, s in d.source_list().items()}, "n_slices": len(slices),
-                               "n_patients": int(slices.meta["patient"].nunique()), "image_size": d.image_size})
+    write_json(manifest_path, {"digest": digest, "sources": {n: s.source for n, s in d.source_list().items()},
+                               "n_slices": len(slices), "n_patients": int(slices.meta["patient"].nunique()),
+                               "image_size": d.image_size})
     return slices
 
 

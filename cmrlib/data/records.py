@@ -85,6 +85,6 @@ class SliceSet:
                 raise FileNotFoundError(f"{folder / name} does not exist: it is written by the notebook 00_data; run it first")
         with np.load(folder / SLICES_FILE) as arrays:
             images, masks = arrays["images"], arrays["masks"]
-        meta = pd.read_csv(folder / METADATA_FILE, dtype={c: str for c in ("patient", "domain", "dataset", "layout_split", "split")},
-                           keep_default_na=False)
+        text = ("patient", "domain", "dataset", "layout_split", "split")
+        meta = pd.read_csv(folder / METADATA_FILE, dtype={c: str for c in text}, keep_default_na=False)
         return cls(images, masks, meta)

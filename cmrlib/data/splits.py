@@ -1,8 +1,8 @@
 """Patient-level splits, seeded, written once to ``splits.json`` and read by every later notebook.
 
 Sets: ``train`` (the generators' training patients = privacy members), ``holdout`` (same domains, never trained
-on = privacy non-members), ``val`` (same domains, never trained on by a generator: where the recipe's choices are
-made), ``test`` (in-domain evaluation), and ``cross_<domain>`` for every cross-domain set.
+on = privacy non-members), ``val`` (same domains, never trained on by a generator: reserved for the recipe's
+choices), ``test`` (in-domain evaluation), and ``cross_<domain>`` for every cross-domain set.
 Test, holdout and validation patients are drawn first, balanced over the training domains, so changing the number
 of training patients (the limited-data knob) never moves one of them, and smaller training sets are nested in
 larger ones. With ``test_split="layout"`` the test set is instead every training-domain patient that the data's own
