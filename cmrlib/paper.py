@@ -111,9 +111,14 @@ def cross_sets(utility: dict) -> list[str]:
     return [s for s in _utility_rows(utility).eval_set.unique() if s != "test"]
 
 
+def _reference_status(privacy: dict) -> dict:
+    """The reference privacy protocol's status in the privacy settings (``cmrlib.privacy.protocol_status``)."""
+    return privacy.get("settings", {}).get("protocols", {}).get("reference", {})
+
+
 def reference_protocol_applies(privacy: dict) -> bool:
     """Whether the run could serve the reference privacy protocol (it needs a cross-domain set; privacy settings)."""
-    return bool(privacy.get("settings", {}).get("protocols", {}).get("reference", {}).get("applicable", True))
+    return bool(_reference_status(privacy).get("applicable", True))
 
 
 def trade_off(results: dict[str, dict], arms=None) -> pd.DataFrame:
@@ -275,8 +280,8 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
         "n_cross_sets": str(len(cross_sets(results["utility"]))),
         "first_cross_set": next(iter(cross_sets(results["utility"])), "none").removeprefix("cross_"),
         "reference_protocol": "applicable" if reference_protocol_applies(results["privacy"]) else "not applicable",
-        "reference_protocol_reason": str(results["privacy"].get("settings", {}).get("protocols", {}).get("reference", {})
-                                         .get("reason") or "").removeprefix("not applicable: "),
+        "reference_protocol_reason": str(_reference_status(results["privacy"]).get("reason") or "").removeprefix(
+            "not applicable: "),
     }
     for arm in registry.names():
         p = registry.get(arm).params(params)

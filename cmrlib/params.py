@@ -61,8 +61,16 @@ _LAYOUTS = {
 }
 SourceName = Literal["phantom", "acdc", "acdc_h5", "mnms", "nifti"]
 LabelName = Literal["background", "LV", "MYO", "RV"]
+
+
+def _whole_map(value: dict) -> dict:
+    if not {"LV", "MYO", "RV"} <= set(value.values()):
+        raise ValueError(f"label_map {value} must name a file value for each of LV, MYO and RV")
+    return value
+
+
 # file value -> structure; keys not strict, as a run folder's params.yaml (written as JSON data) stores them as text
-LabelMap = dict[Annotated[int, Field(strict=False)], LabelName]
+LabelMap = Annotated[dict[Annotated[int, Field(strict=False)], LabelName], AfterValidator(_whole_map)]
 DataRoot = Annotated[str | None, AfterValidator(lambda value: None if value is None else str(resolve_path(value)))]
 
 
@@ -88,13 +96,6 @@ class SourceParams(_Section):
         default=None, description="file label value -> LV, MYO, RV or background, for a numbering other than the "
         "source's own (for example {200: MYO, 500: LV, 600: RV}); a value not listed is an error; null: the source's "
         "numbering (ACDC's 1 RV, 2 MYO, 3 LV; M&Ms' and nifti's 1 LV, 2 MYO, 3 RV)")
-
-    @field_validator("label_map")
-    @classmethod
-    def _whole_map(cls, value: LabelMap | None) -> LabelMap | None:
-        if value is not None and not {"LV", "MYO", "RV"} <= set(value.values()):
-            raise ValueError(f"label_map {value} must name a file value for each of LV, MYO and RV")
-        return value
 
     def check(self, name: str, key: str) -> None:
         """The root and the files it must hold exist; ``key`` (``data`` or ``data.sources.<name>``) is named."""

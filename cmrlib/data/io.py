@@ -31,6 +31,7 @@ from .records import BadCaseError, Volume
 CODES = {name: value for value, name in CLASSES.items()}  # "LV" -> 1, ...
 # folder names of the layouts' own splits (ACDC: training, testing; M&Ms: Training, Validation, Testing)
 LAYOUT_SPLITS = {"training": "train", "validation": "val", "testing": "test"}
+SPLIT_VALUES = ("", *LAYOUT_SPLITS.values())  # a layout split as a case list or CSV may state it ("": none)
 
 
 # patient (RAS+) directions used to orient short-axis planes from the affine

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from .io import Case, DuplicateCaseError, LayoutError, bad, layout_split, map_labels, read_csv, read_pair, require_root
+from .io import SPLIT_VALUES, Case, DuplicateCaseError, LayoutError, bad, layout_split, map_labels, read_csv, read_pair, require_root
 from .records import Volume
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def _volume(code: str, phase: str, meta: dict[str, str], image: Path, label: Pat
             split: str) -> Volume:
     img, mask, spacing = read_pair(image, label, frame=frame)
     split = meta.get("split", "").lower() or split
-    if split not in ("", "train", "val", "test"):
+    if split not in SPLIT_VALUES:
         raise bad(image, f"split {split!r} of subject {code} in the information CSV is not train, val or test")
     vendor = meta.get("vendor", "")
     if not vendor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from .io import Case, DuplicateCaseError, LayoutError, bad, map_labels, read_csv, read_pair, require_root
+from .io import SPLIT_VALUES, Case, DuplicateCaseError, LayoutError, bad, map_labels, read_csv, read_pair, require_root
 from .records import Volume
 
 DATASET = "nifti"
@@ -61,7 +61,7 @@ def volumes(data, seed: int = 0) -> Iterator[Case]:
     bad_phase = sorted(set(table["phase"]) - {"ED", "ES"})
     if bad_phase:
         raise LayoutError(f"{csv}: phase must be ED or ES, found {bad_phase}")
-    bad_split = sorted(set(table["split"]) - {"", "train", "val", "test"}) if "split" in table.columns else []
+    bad_split = sorted(set(table["split"]) - set(SPLIT_VALUES)) if "split" in table.columns else []
     if bad_split:
         raise LayoutError(f"{csv}: split must be train, val, test or empty, found {bad_split}")
     rows = table.to_dict("records")
