@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import generation, metrics, registry, report, training
+from . import generation, metrics, registry, report, segmenters, training
 from .data.records import SliceSet
 from .jsonio import write_json
 from .labels import FOREGROUND
@@ -39,7 +39,6 @@ from .models import SegmentationModel
 from .params import StudyParams
 from .paths import RunPaths
 from .seeds import seed_for
-from .segmenters import mask_faithfulness
 from .stats import bootstrap_mean, format_interval
 
 STAGE = "30_fidelity"
@@ -142,7 +141,7 @@ def evaluate_arm(params: StudyParams, paths: RunPaths, arm: str, ref: Reference,
     values = metrics.paired_metrics(images, real, f.kernel_size)
     out += _boot_rows(name, list(values), np.column_stack(list(values.values())), patients, params, f"paired/{name}", "test patients")
     out.append(_row(name, "lpips", math.nan, interval=metrics.lpips_status() or "", n=len(images)))
-    dice = _with_mean(mask_faithfulness(segmenter, images, masks))
+    dice = _with_mean(segmenters.mask_faithfulness(segmenter, images, masks))
     out += _boot_rows(name, DICE + ["dice_mean"], dice, patients, params, f"dice/{name}", "test patients")
     out += _diversity_rows(name, synthetic["images"], params)
     return out
@@ -163,7 +162,7 @@ def evaluate_references(params: StudyParams, ref: Reference, segmenter: Segmenta
     baseline rows of the paired metrics."""
     f = params.fidelity
     out = distribution_rows("real", ref.features, ref.space(ref.train_images), params)
-    dice = _with_mean(mask_faithfulness(segmenter, ref.images, ref.masks))
+    dice = _with_mean(segmenters.mask_faithfulness(segmenter, ref.images, ref.masks))
     out += _boot_rows("real", DICE + ["dice_mean"], dice, ref.patients, params, "dice/real", "test patients")
     out += _diversity_rows("real", ref.images, params)
     constant = np.broadcast_to(metrics.mean_image(ref.train_images), ref.images.shape)
@@ -256,7 +255,7 @@ def steps_against_quality(params: StudyParams, paths: RunPaths, ref: Reference, 
             start = time.perf_counter()
             images = generation.generate(model, masks, sampling, seed, desc=f"{arm} {sampling.sampler} {sampling.steps} steps")
             seconds = time.perf_counter() - start
-            per_image = _with_mean(mask_faithfulness(segmenter, images, masks))
+            per_image = _with_mean(segmenters.mask_faithfulness(segmenter, images, masks))
             dice.append(per_image[:, -1])
             interval = _boot_rows(arm, ["dice_mean"], dice[-1], patients, params,
                                   f"steps/{arm}/{sampling.sampler}/{sampling.steps}", "test patients")[0]
@@ -286,7 +285,7 @@ def quality_against_training_step(params: StudyParams, paths: RunPaths, ref: Ref
             with np.load(path) as npz:
                 images, sample_rows = npz["images"], npz["rows"]
             order = _align(sample_rows, ref.rows)
-            per_image = _with_mean(mask_faithfulness(segmenter, images, ref.masks[order]))
+            per_image = _with_mean(segmenters.mask_faithfulness(segmenter, images, ref.masks[order]))
             interval = _boot_rows(arm, ["dice_mean"], per_image[:, -1], ref.patients[order], params, f"checkpoint/{arm}/{path.stem}", "test patients")[0]
             rows.append({"arm": arm, "step": int(path.stem.removeprefix("paired_step")), "n": len(images),
                          "train_elapsed_s": float(table.loc[path.name, "train_elapsed_s"]),
@@ -319,9 +318,11 @@ def save(params: StudyParams, paths: RunPaths, ref: Reference, table: pd.DataFra
         "paired": {"data_range": metrics.DATA_RANGE, "ssim_kernel": f.kernel_size, "ms_ssim": metrics.ms_ssim_config(ref.images.shape[-1], f.kernel_size),
                    "psnr": "MONAI PSNRMetric; +inf for identical images (not capped)", "lpips": metrics.lpips_status() or "available",
                    "baseline": "mean image: pixel-wise mean of the real training images, given for every test mask"},
-        "segmenter": {"widths": f.segmenter.widths, "steps": f.segmenter.steps, "batch_size": f.segmenter.batch_size,
-                      "trained_on": "real training patients (split train)", "weights": "ema",
-                      "train_wall_time_s": None if segmenter_result is None else round(segmenter_result.wall_time_s, 1)},
+        "segmenter": {**f.segmenter.model_dump(), "trained_on": "real training patients (split train)", "weights": "ema",
+                      **({} if segmenter_result is None else {
+                          "chosen_step": segmenter_result.chosen_step, "val_dice": segmenter_result.best_score,
+                          "stopping": segmenters.stopping(segmenter_result),
+                          "train_wall_time_s": round(segmenter_result.wall_time_s, 1)})},
         "metrics": table.to_dict(orient="records"),
         "steps_against_quality": steps.to_dict(orient="records"),
         "quality_against_training_step": checkpoints.to_dict(orient="records"),

@@ -347,15 +347,23 @@ class GeneratorsParams(_Section):
 
 # -- fidelity (cmrlib.fidelity, notebook 30_fidelity) ------------------------------------------
 class SegmenterParams(_Section):
-    """The reference segmenter of the fidelity axis: a DynUNet trained on the real training patients only; the
-    ``seg`` feature space and the judge of mask faithfulness."""
+    """A segmentation network and its training (cmrlib.segmenters): a DynUNet, AdamW with warm-up and cosine decay,
+    EMA weights; the checkpoint evaluated is the one of best validation Dice (the validation patients, split ``val``).
+    The fidelity axis's reference segmenter (the judge of mask faithfulness and the ``seg`` feature space) and every
+    segmenter of the utility axis."""
 
     widths: list[int] = Field(default=[16, 32, 64, 128], min_length=3, description="DynUNet channels per level (at least 3 levels)")
-    steps: int = Field(default=1000, ge=1)
+    steps: int = Field(default=1000, ge=1, description="the budget in optimisation steps (every run trains all of it)")
     batch_size: int = Field(default=16, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     warmup_steps: int = Field(default=50, ge=0)
+    augment: Literal["monai", "flips", "none"] = Field(
+        default="monai", description="monai: MONAI random flips, rotations up to 15 degrees, intensity scaling and "
+        "shifting; flips: random flips only; none")
+    val_checks: int = Field(
+        default=20, ge=0, description="validation Dice evaluations spread evenly over the budget (the last at its end); "
+        "the checkpoint of the best is evaluated. 0, or no validation patients (data.n_val_patients: 0): the last")
 
 
 class FidelityParams(_Section):
@@ -411,10 +419,20 @@ class UtilityParams(_Section):
         default=2, ge=1, description="training runs at once, each a process with (CPU threads / workers) threads "
         "(cmrlib.parallel): 2 on a 2-core CPU trains 1.4x faster; the thread count changes the floats, so the numbers "
         "depend on it; 1 on a GPU")
-    augment: bool = Field(default=True, description="MONAI random flips, rotations and intensity changes while training; "
-                          "false: random flips only (as the reference segmenter of the fidelity axis)")
+    segmenter_budgets: list[float] = Field(
+        default=[0.25, 0.5], description="the segmenter's budget axis: fractions of utility.segmenter.steps at which "
+        "real-only and real + synthetic at the fewest real patients (first seed) are trained again, each with its own "
+        "schedule, so that the gain is read against the segmenter's convergence; []: none")
     bootstrap: int = Field(default=1000, ge=10, description="bootstrap draws (over patients) per interval")
     confidence: float = Field(default=0.95, gt=0, lt=1)
+
+    @field_validator("segmenter_budgets")
+    @classmethod
+    def _budgets(cls, value: list[float]) -> list[float]:
+        if any(not 0 < f < 1 for f in value) or value != sorted(set(value)):
+            raise ValueError(f"segmenter_budgets must be increasing fractions in (0, 1) (the whole budget is always "
+                             f"run), got {value}")
+        return value
 
 
 class PrivacyParams(_Section):

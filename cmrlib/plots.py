@@ -344,6 +344,42 @@ def utility_loss_curves(losses: dict[str, pd.DataFrame]) -> plt.Figure:
     return fig
 
 
+def validation_curves(validation: dict[str, pd.DataFrame], title: str = "") -> plt.Figure:
+    """Validation Dice against step of every segmenter run (``validation.csv`` rows), one line each, the chosen
+    (best) checkpoint marked."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for i, (name, d) in enumerate(validation.items()):
+        ax.plot(d["step"], d["score"], lw=0.9, color=f"C{i % 10}", label=name)
+        best = d.loc[d["score"].idxmax()]
+        ax.plot(best["step"], best["score"], marker="o", ms=4, color=f"C{i % 10}")
+    ax.set(xlabel="optimisation step", ylabel="validation mean foreground Dice", title=title)
+    ax.legend(frameon=False, fontsize=6, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    return fig
+
+
+def utility_against_segmenter_budget(table: pd.DataFrame) -> plt.Figure:
+    """The segmenter's budget axis (:func:`cmrlib.utility.against_segmenter_budget`): in-domain test Dice of real-only
+    and real + synthetic against the segmenter's steps (left), and real + synthetic minus real-only (right)."""
+    fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
+    order = ["none", *arm_names()]
+    for i, arm in enumerate(sorted(table["arm"].unique(), key=lambda a: order.index(a) if a in order else len(order))):
+        d = table[table["arm"] == arm].sort_values("steps")
+        label = "real only" if arm == "none" else f"real + {arm_label(arm)}"
+        for ax, col, low, high in ((axes[0], "dice_mean", "dice_mean_low", "dice_mean_high"),
+                                   (axes[1], "delta_vs_real", "delta_low", "delta_high")):
+            if d[col].notna().any():
+                ax.plot(d["steps"], d[col], marker="o", color=f"C{i}", label=label)
+                ax.fill_between(d["steps"], d[low], d[high], color=f"C{i}", alpha=0.2)
+    n = int(table["n_real_patients"].iloc[0])
+    axes[0].set(xlabel="segmenter steps", ylabel="test mean foreground Dice", title=f"{n} real patients")
+    axes[1].axhline(0, color="0.5", lw=0.8)
+    axes[1].set(xlabel="segmenter steps", ylabel="Dice change against real only", title="gain of synthetic data")
+    axes[0].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 # -- privacy (notebook 50_privacy) -----------------------------------------------------------------------------------
 def most_similar_pairs(pairs: pd.DataFrame, images: dict[str, np.ndarray], train_images: np.ndarray) -> plt.Figure:
     """For each set (row pair), its images closest to a training image (top) above that training image (bottom),

@@ -15,6 +15,8 @@ Run folder written by :func:`train`::
     out_dir/last.pt           the latest checkpoint (every ``checkpoint_every`` steps, at kept steps and at the end)
     out_dir/step_{N:07d}.pt   kept copies at ``keep_fractions`` of the budget
     out_dir/loss.csv          step, loss (mean since the previous row), lr, ema_decay, grad_norm, elapsed_s
+    out_dir/best.pt           with validation (``val_every``): the checkpoint of the best validation score so far
+    out_dir/validation.csv    with validation: step, score (of the EMA weights), best_step, elapsed_s
 
 Devices. The loop is built on :class:`accelerate.Accelerator`, which takes its setup from environment variables,
 not from the file ``accelerate config`` writes (only ``accelerate launch`` reads that file). In a notebook kernel
@@ -44,7 +46,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import pandas as pd
 import torch
@@ -59,6 +61,9 @@ CHECKPOINT_FORMAT = "cmrlib.training/1"
 LAST = "last.pt"
 LOSS_CSV = "loss.csv"
 LOSS_COLUMNS = ["step", "loss", "lr", "ema_decay", "grad_norm", "elapsed_s"]
+BEST = "best.pt"
+VALIDATION_CSV = "validation.csv"
+VALIDATION_COLUMNS = ["step", "score", "best_step", "elapsed_s"]
 
 # TrainConfig fields that do not change the trained weights, so a resume may change them
 _RESUMABLE_KEYS = frozenset({"checkpoint_every", "keep_fractions", "log_every"})
@@ -94,6 +99,7 @@ class TrainConfig:
     keep_fractions: tuple[float, ...] = tuple(_RECIPE.keep_fractions)
     seed: int = 0
     log_every: int = 10
+    val_every: int = 0  # validate the EMA weights every this many steps and at the end, keeping the best (0: never)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_fractions", tuple(float(f) for f in self.keep_fractions))
@@ -101,6 +107,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name}={getattr(self, name)!r} must be >= 1")
+        if self.val_every < 0:
+            problems.append(f"val_every={self.val_every!r} must be >= 0 (0: no validation)")
         if self.warmup_steps < 0:
             problems.append(f"warmup_steps={self.warmup_steps!r} must be >= 0")
         if self.lr <= 0:
@@ -153,6 +161,19 @@ class TrainResult:
     wall_time_s: float  # training wall time over all sessions (resumes included)
     last: Path = field(default=Path())  # out_dir/last.pt
     resumed_from: int = 0  # the step this call started at (0: a fresh run)
+    validation: pd.DataFrame | None = None  # the rows of validation.csv (None: the run does not validate)
+    best: Path | None = None  # out_dir/best.pt, the checkpoint of the best validation score (None: no validation)
+    best_step: int | None = None
+    best_score: float | None = None
+
+    @property
+    def chosen(self) -> Path:
+        """The checkpoint to evaluate: the best on validation where the run validates, else the last."""
+        return self.last if self.best is None else self.best
+
+    @property
+    def chosen_step(self) -> int:
+        return self.step if self.best_step is None else self.best_step
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -297,6 +318,10 @@ def _diff_keys(stored: dict[str, Any], current: dict[str, Any], ignore=frozenset
     return sorted(k for k in keys if stored.get(k, "<missing>") != current.get(k, "<missing>"))
 
 
+# TrainConfig fields added after checkpoints were written: a checkpoint without one ran with its default
+_ADDED_KEYS = {"val_every": 0}
+
+
 def _check_same_run(ckpt: dict[str, Any], path: Path, expected: dict[str, Any]) -> None:
     """Refuse to continue a checkpoint that belongs to a different run, naming the differing keys. How the run is
     executed (processes, precision, device type) matters only for continuing it, not for a finished run."""
@@ -305,6 +330,8 @@ def _check_same_run(ckpt: dict[str, Any], path: Path, expected: dict[str, Any]) 
     lines = []
     for section, ignore in (("config", frozenset()), ("train_config", _RESUMABLE_KEYS)):
         stored, current = ckpt.get(section) or {}, expected[section]
+        if section == "train_config":
+            stored = {**_ADDED_KEYS, **stored}
         for k in _diff_keys(stored, current, ignore):
             lines.append(f"{section}.{k}: checkpoint {stored.get(k, '<missing>')!r}, now {current.get(k, '<missing>')!r}")
     for key in ("model_class", "data", *execution):
@@ -352,43 +379,45 @@ class Checkpointer:
 # the loss log
 
 
-def _read_log(path: Path) -> pd.DataFrame:
-    """The loss log; a missing or empty file (a run killed before its header reached the disk) has no rows."""
+def _read_log(path: Path, columns: list[str] = LOSS_COLUMNS) -> pd.DataFrame:
+    """A run's log (``loss.csv``, ``validation.csv``); a missing or empty file (a run killed before its header reached
+    the disk) has no rows."""
     if not path.exists() or path.stat().st_size == 0:
-        return pd.DataFrame({c: pd.Series(dtype="float64") for c in LOSS_COLUMNS}).astype({"step": "int64"})
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in columns}).astype({"step": "int64"})
     try:
         return pd.read_csv(path)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not a readable loss log ({type(exc).__name__}: {exc}); delete it to "
+        raise CheckpointError(f"{path} is not a readable log ({type(exc).__name__}: {exc}); delete it to "
                               f"resume without the earlier rows") from exc
 
 
-def _truncate_log(path: Path, step: int) -> None:
+def _truncate_log(path: Path, step: int, columns: list[str]) -> None:
     """Keep the rows up to ``step`` (a resume at ``step`` redoes the later ones), rewritten atomically with its
     header (so an empty log from a killed run becomes a header-only one)."""
     if not path.exists():
         return
-    log = _read_log(path)
+    log = _read_log(path, columns)
     with atomic_path(path) as tmp:
         log[log["step"] <= step].to_csv(tmp, index=False)
 
 
 class LossLog:
-    """``loss.csv`` of a run, written by the main process only: cut back to the resumed step, its header on disk
-    before the first row (so that a kill leaves a readable log), each row flushed as it is written."""
+    """A log of a run (``loss.csv``, or ``validation.csv`` with its ``columns``), written by the main process only:
+    cut back to the resumed step, its header on disk before the first row (so that a kill leaves a readable log),
+    each row flushed as it is written."""
 
-    def __init__(self, path: Path, step: int, main_process: bool):
-        self.path, self._file, self._writer = path, None, None
+    def __init__(self, path: Path, step: int, main_process: bool, columns: list[str] = LOSS_COLUMNS):
+        self.path, self.columns, self._file, self._writer = path, columns, None, None
         if not main_process:
             return
         if step == 0:
             path.unlink(missing_ok=True)  # the log of a run killed before its first checkpoint
-        _truncate_log(path, step)
+        _truncate_log(path, step, columns)
         new = not path.exists()
         self._file = open(path, "a", newline="")
         self._writer = csv.writer(self._file)
         if new:
-            self._writer.writerow(LOSS_COLUMNS)
+            self._writer.writerow(columns)
             self._file.flush()
 
     def write(self, row: list) -> None:
@@ -401,7 +430,7 @@ class LossLog:
             self._file.close()
 
     def rows(self) -> pd.DataFrame:
-        return _read_log(self.path)
+        return _read_log(self.path, self.columns)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -458,6 +487,8 @@ class TrainingState:
         self.loss_gen = torch.Generator(device=self.device).manual_seed(process_seed(config.seed, rank, 1))
         self.log_sum = torch.zeros((), device=self.device)  # losses summed since the last log row
         self.log_count, self.step, self.elapsed0, self.ema_decay = 0, 0, 0.0, 0.0
+        self.best_step, self.best_score = None, -math.inf  # the best validation so far (val_every > 0)
+        self.last_score = math.nan
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         """Continue from a checkpoint (the model's raw weights are loaded before this state is built)."""
@@ -475,6 +506,8 @@ class TrainingState:
         self.loss_gen.set_state(ckpt["generators"]["loss"][rank].clone())
         self.log_sum = ckpt["log_accumulator"]["sum"].to(self.device)
         self.log_count = int(ckpt["log_accumulator"]["count"])
+        best = ckpt.get("validation") or {}
+        self.best_step, self.best_score = best.get("best_step"), float(best.get("best_score", -math.inf))
 
     def _gather(self, gen: torch.Generator) -> list[Tensor]:
         state = gen.get_state()
@@ -514,7 +547,28 @@ class TrainingState:
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "generators": {"batch": batch_states, "loss": loss_states},
             "log_accumulator": {"sum": acc_sum.detach().cpu().clone(), "count": self.log_count},
+            "validation": {"best_step": self.best_step, "best_score": self.best_score},
         }
+
+    def validate(self, score: Callable[[nn.Module], float], desc: str) -> bool:
+        """Score the EMA weights (in eval mode) with ``score`` (higher is better; the same on every process, which
+        all call it); True when it beats the best so far, which it then becomes."""
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        self.net.eval()
+        try:
+            value = float(score(self.net))
+        finally:
+            self.ema.restore(self.params)
+            self.wrapper.train()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{desc}: the validation score is {value} at step {self.step}; the validation "
+                                     "set must give a finite score (a segmenter's: labelled validation slices)")
+        self.last_score = value
+        if value > self.best_score:
+            self.best_step, self.best_score = self.step, value
+            return True
+        return False
 
     def optimise(self, x: Tensor, cond: Tensor | None) -> Tensor | None:
         """One optimisation step on a batch drawn from (x, cond); returns the gradient norm (None without clipping),
@@ -561,6 +615,7 @@ def train(
     config: TrainConfig,
     out_dir: str | Path,
     *,
+    validate: Callable[[nn.Module], float] | None = None,
     desc: str = "train",
     progress: bool = True,
 ) -> TrainResult:
@@ -573,6 +628,11 @@ def train(
     device, to ``model.loss`` (draw with ``device=x.device``); the device type is part of the run, as the same seed
     gives other noise on a GPU than on the CPU. On return, ``model`` holds the raw (not EMA) weights, on the
     accelerator's device; :func:`load_checkpoint` gives either. ``progress``: show the per-step bar (``desc``).
+
+    Validation (``config.val_every`` > 0, with ``validate``: the EMA weights in eval mode -> a score, higher is
+    better): every ``val_every`` steps and at the last, the EMA weights are scored; the best checkpoint so far is
+    ``out_dir/best.pt`` (a full checkpoint), each score a row of ``out_dir/validation.csv``. The schedule does not
+    depend on the scores: the run always trains its whole budget, and ``TrainResult.chosen`` is the best checkpoint.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -583,6 +643,9 @@ def train(
         raise ValueError(f"cond has {len(cond)} samples but x has {len(x)}")
     if config.batch_size > len(x):
         raise ValueError(f"batch_size={config.batch_size} is larger than the data ({len(x)} samples)")
+    if (validate is None) != (config.val_every == 0):
+        raise ValueError(f"val_every={config.val_every} needs a validate function, and a validate function needs "
+                         "val_every > 0")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator()
@@ -593,19 +656,21 @@ def train(
         model.load_state_dict(ckpt["model"])
         if ckpt["step"] >= config.steps:  # finished: nothing to train
             model.to(accelerator.device)  # where a training leaves it
-            return TrainResult(step=ckpt["step"], losses=_read_log(out_dir / LOSS_CSV), checkpoints=kept_checkpoints(out_dir),
-                               wall_time_s=ckpt["elapsed_s"], last=checkpoints.last_path, resumed_from=ckpt["step"])
+            return _result(out_dir, config, ckpt["step"], ckpt["elapsed_s"], ckpt["step"], ckpt.get("validation"))
     state = TrainingState(model, config, accelerator)
     if ckpt is not None:
         state.load_state_dict(ckpt)
     resumed_from = state.step
     log = LossLog(out_dir / LOSS_CSV, state.step, accelerator.is_main_process)
+    val_log = (LossLog(out_dir / VALIDATION_CSV, state.step, accelerator.is_main_process, VALIDATION_COLUMNS)
+               if config.val_every else None)
     x, cond = x.to(state.device), None if cond is None else cond.to(state.device)
     x = training_inputs(state.net, x)
 
     t0 = time.perf_counter()
     bar = tqdm(total=config.steps, initial=state.step, desc=desc, dynamic_ncols=True,
                disable=not (progress and accelerator.is_local_main_process))
+    postfix: dict[str, str] = {}
     try:
         state.wrapper.train()
         while state.step < config.steps:
@@ -613,9 +678,18 @@ def train(
             if state.step % config.log_every == 0 or state.step == config.steps:
                 row = state.log_row(state.elapsed0 + time.perf_counter() - t0, grad_norm, desc, checkpoints.last_path)
                 log.write(row)
-                bar.set_postfix(loss=f"{row[1]:.4g}", lr=f"{row[2]:.2e}", refresh=False)
+                postfix.update(loss=f"{row[1]:.4g}", lr=f"{row[2]:.2e}")
+                bar.set_postfix(postfix, refresh=False)
             bar.update(1)
-            if paths := checkpoints.due(state.step):
+            paths = checkpoints.due(state.step)
+            if val_log is not None and (state.step % config.val_every == 0 or state.step == config.steps):
+                if state.validate(validate, desc):
+                    paths = [out_dir / BEST, *paths]  # best.pt first: a last.pt never names a best.pt not yet written
+                val_log.write([state.step, state.last_score, state.best_step,
+                               round(state.elapsed0 + time.perf_counter() - t0, 3)])
+                postfix["val"] = f"{state.last_score:.4g}"
+                bar.set_postfix(postfix, refresh=False)
+            if paths:
                 saved = state.state_dict(state.elapsed0 + time.perf_counter() - t0)  # collectives on every process
                 if saved is not None:
                     checkpoints.save(saved, paths)
@@ -623,11 +697,25 @@ def train(
     finally:
         bar.close()
         log.close()
+        if val_log is not None:
+            val_log.close()
 
     wall = state.elapsed0 + time.perf_counter() - t0
     accelerator.wait_for_everyone()
-    return TrainResult(step=state.step, losses=log.rows(), checkpoints=kept_checkpoints(out_dir), wall_time_s=wall,
-                       last=checkpoints.last_path, resumed_from=resumed_from)
+    return _result(out_dir, config, state.step, wall, resumed_from,
+                   {"best_step": state.best_step, "best_score": state.best_score} if config.val_every else None)
+
+
+def _result(out_dir: Path, config: TrainConfig, step: int, wall: float, resumed_from: int,
+            validation: dict[str, Any] | None) -> TrainResult:
+    """The :class:`TrainResult` of a run folder at ``step``, with its validation where the run validates."""
+    result = TrainResult(step=step, losses=_read_log(out_dir / LOSS_CSV), checkpoints=kept_checkpoints(out_dir),
+                         wall_time_s=wall, last=out_dir / LAST, resumed_from=resumed_from)
+    if config.val_every and validation and validation.get("best_step") is not None:
+        result.validation = _read_log(out_dir / VALIDATION_CSV, VALIDATION_COLUMNS)
+        result.best, result.best_step = out_dir / BEST, int(validation["best_step"])
+        result.best_score = float(validation["best_score"])
+    return result
 
 
 def _to_cpu(obj: Any) -> Any:

@@ -16,9 +16,13 @@ Training runs (:func:`plan`), for each seed of ``utility.seeds``:
 The compute axis (:func:`against_training_step`): real + synthetic at the fewest real patients, with the synthetic
 subset of each kept generator checkpoint (``..._step<N>`` runs).
 
+The segmenter's budget axis (:func:`against_segmenter_budget`): real-only and real + synthetic at the fewest real
+patients, trained again at fractions of the budget (``..._budget<f>`` runs).
+
 Each is a :class:`~cmrlib.models.SegmentationModel` (DynUNet, Dice + cross-entropy) trained by the one loop
-(:func:`cmrlib.training.train`) for ``utility.segmenter.steps``, with MONAI augmentation when ``utility.augment``; its
-EMA weights are evaluated.
+(:func:`cmrlib.training.train`) for ``utility.segmenter.steps`` with its augmentation; the EMA weights of the
+checkpoint of best validation Dice (``utility.segmenter.val_checks`` checks on the validation patients) are
+evaluated, and every table names that step (:mod:`cmrlib.segmenters`).
 
 Evaluation, on ``test`` (in-domain) and every ``cross_<domain>`` set, per patient:
 
@@ -86,11 +90,13 @@ class Run:
     n_real: int
     seed: int
     step: int | None = None  # compute axis: the synthetic subset of the arm's checkpoint at this step (None: the final set)
+    budget: float | None = None  # segmenter budget axis: this fraction of utility.segmenter.steps (None: all of it)
 
     @property
     def name(self) -> str:
         """The checkpoint folder ``checkpoints/utility/<name>/``."""
-        return f"{self.regime}_{self.arm}_n{self.n_real}_seed{self.seed}" + ("" if self.step is None else f"_step{self.step}")
+        return (f"{self.regime}_{self.arm}_n{self.n_real}_seed{self.seed}" + ("" if self.step is None else f"_step{self.step}")
+                + ("" if self.budget is None else f"_budget{self.budget:g}"))
 
 
 def n_real_grid(params: StudyParams, splits: dict) -> list[int]:
@@ -169,19 +175,24 @@ def training_set(params: StudyParams, paths: RunPaths, slices: SliceSet, splits:
 
 
 def build_segmenter(params: StudyParams) -> SegmentationModel:
-    return segmenters.build(params.utility.segmenter, augment="monai" if params.utility.augment else "flips")
+    return segmenters.build(params.utility.segmenter)
 
 
-def train_config(params: StudyParams, run: Run) -> training.TrainConfig:
-    return segmenters.train_config(params.utility.segmenter, seed_for(params.seed, "train", CHECKPOINT_DIR, run.name))
+def train_config(params: StudyParams, run: Run, validates: bool) -> training.TrainConfig:
+    """A run's loop settings: ``utility.segmenter`` (``run.budget`` of its steps), validated when ``validates``."""
+    p = params.utility.segmenter
+    steps = None if run.budget is None else max(1, round(run.budget * p.steps))
+    return segmenters.train_config(p, seed_for(params.seed, "train", CHECKPOINT_DIR, run.name), validates, steps)
 
 
 def train_run(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, run: Run, progress: bool = True
               ) -> tuple[SegmentationModel, training.TrainResult, TrainingSet]:
     """Train (or resume, or load when done) one run in ``checkpoints/utility/<run.name>/``; returns the model with
-    its EMA weights in eval mode, the training result and the training set. ``progress``: the per-step bar."""
+    the EMA weights of its chosen checkpoint (the best on the validation patients, else the last) in eval mode, the
+    training result and the training set. ``progress``: the per-step bar."""
     data = training_set(params, paths, slices, splits, run)
-    cfg = train_config(params, run)
+    val = segmenters.validation_set(slices)
+    cfg = train_config(params, run, validates=val is not None)
     with torch.random.fork_rng(devices=[]):  # initial weights from the run's seed, not from what ran before
         torch.manual_seed(cfg.seed)
         model = build_segmenter(params)
@@ -189,7 +200,7 @@ def train_run(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: di
         raise ValueError(f"utility.segmenter.batch_size={cfg.batch_size} exceeds the {len(data.images)} training slices "
                          f"of {run.name}; lower it or raise utility.n_real_patients")
     model, result = segmenters.train(model, data.images, data.masks, cfg, paths.checkpoints / CHECKPOINT_DIR / run.name,
-                                     desc=run.name, progress=progress)
+                                     desc=run.name, val=val, progress=progress)
     return model, result, data
 
 
@@ -230,8 +241,7 @@ def score_volumes(pred: np.ndarray, target: np.ndarray, meta: pd.DataFrame, spac
     meta = meta.reset_index(drop=True)
     per_slice = pd.concat([meta[["patient", "phase", "slice_index"]], score_slices(pred, target, spacing)], axis=1)
     rows = []
-    for (patient, phase), idx in meta.groupby(["patient", "phase"], sort=True).indices.items():
-        idx = idx[np.argsort(meta["slice_index"].to_numpy()[idx], kind="stable")]
+    for (patient, phase), idx in metrics.volume_rows(meta).items():
         dice = metrics.volume_dice(pred[idx], target[idx])
         hd = _nanmean(per_slice.loc[idx, HD95].to_numpy(dtype=np.float64), 0)
         rows.append({"patient": patient, "phase": phase, "n_slices": len(idx), **dict(zip(DICE, dice)),
@@ -264,6 +274,7 @@ class Results:
     test_predictions: dict[str, np.ndarray] = field(default_factory=dict)  # run name -> (N test slices, H, W)
     test_rows: np.ndarray | None = None  # rows of data/metadata.csv of the test slices
     losses: dict[str, pd.DataFrame] = field(default_factory=dict)
+    validation: dict[str, pd.DataFrame] = field(default_factory=dict)  # run name -> validation.csv (runs that validate)
 
 
 def _run_columns(run: Run) -> dict:
@@ -280,10 +291,11 @@ def _train_and_score(params: StudyParams, paths: RunPaths, slices: SliceSet, spl
     train (or load) it and score it on every evaluation set of ``sets`` (name -> rows of ``slices``)."""
     model, result, data = train_run(params, paths, slices, splits, run, progress)
     out = {"model": {**_run_columns(run), "real_patients": " ".join(data.patients), "n_real_images": data.n_real,
-                     "n_synthetic_images": data.n_synthetic, "steps": result.step,
+                     "n_synthetic_images": data.n_synthetic, "steps": result.step, "chosen_step": result.chosen_step,
+                     "val_dice": result.best_score, "stopping": segmenters.stopping(result),
                      "train_wall_time_s": round(result.wall_time_s, 1), "data_fingerprint": _fingerprint(data.images),
-                     "checkpoint": str(result.last.relative_to(paths.root))},
-           "losses": result.losses, "slices": [], "volumes": []}
+                     "checkpoint": str(result.chosen.relative_to(paths.root))},
+           "losses": result.losses, "validation": result.validation, "slices": [], "volumes": []}
     for name, rows in sets.items():
         pred = segment(model, slices.images[rows])
         s, v = score_volumes(pred, slices.masks[rows], slices.meta.iloc[rows], pixel_spacing_mm(params))
@@ -309,16 +321,20 @@ def run_all(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict
     patients = per_patient(volumes, by=["regime", "arm", "n_real_patients", "seed", "run", "eval_set"])
     return Results(pd.DataFrame([d["model"] for d in done]), pd.concat([s for d in done for s in d["slices"]], ignore_index=True),
                    volumes, patients, {run.name: d["test_prediction"] for run, d in zip(runs, done)}, sets["test"],
-                   {run.name: d["losses"] for run, d in zip(runs, done)})
+                   {run.name: d["losses"] for run, d in zip(runs, done)},
+                   {run.name: d["validation"] for run, d in zip(runs, done) if d["validation"] is not None})
 
 
 def against_training_step(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, arms=None) -> pd.DataFrame:
     """The compute axis: real + synthetic at the fewest real patients (first seed), the synthetic part being the
     ``generators.n_synthetic_per_checkpoint`` images of each kept generator checkpoint
     (:func:`cmrlib.generation.synthetic_by_step`, the same stage-1 masks at every step); in-domain test mean foreground
-    Dice per patient with its bootstrap interval. One row per (arm, step); ``utility.workers`` runs at once."""
+    Dice per patient with its bootstrap interval. One row per (arm, step); ``utility.workers`` runs at once; empty
+    when ``utility.regimes`` has no real + synthetic."""
     arms = registry.names() if arms is None else arms
     u = params.utility
+    if "real+synthetic" not in u.regimes:
+        return pd.DataFrame()
     n, seed = n_real_grid(params, splits)[0], u.seeds[0]
     runs = [Run("real+synthetic", arm, n, seed, step) for arm in arms
             for step in training.kept_checkpoints(paths.checkpoints / arm)]
@@ -336,6 +352,44 @@ def against_training_step(params: StudyParams, paths: RunPaths, slices: SliceSet
     return pd.DataFrame(out)
 
 
+def against_segmenter_budget(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, arms=None) -> pd.DataFrame:
+    """The segmenter's budget axis: real-only and real + synthetic (every arm) at the fewest real patients (first
+    seed), trained for each fraction of ``utility.segmenter_budgets`` of ``utility.segmenter.steps`` (each with its own
+    warm-up and decay, chosen on the validation patients) and for the whole budget (the runs of :func:`run_all`,
+    loaded). In-domain test mean foreground Dice per patient, and real + synthetic minus real-only at the same
+    budget on the same patients, each with its bootstrap interval. One row per (regime, arm, budget) of the two
+    regimes in ``utility.regimes`` (the delta needs both); empty without budgets or either regime."""
+    arms = registry.names() if arms is None else arms
+    u = params.utility
+    kinds = ([("real", NO_ARM)] if "real" in u.regimes else []) + (
+        [("real+synthetic", a) for a in arms] if "real+synthetic" in u.regimes else [])
+    if not u.segmenter_budgets or not kinds:
+        return pd.DataFrame()
+    n, seed = n_real_grid(params, splits)[0], u.seeds[0]
+    runs = [Run(regime, arm, n, seed, budget=f) for f in [*u.segmenter_budgets, None] for regime, arm in kinds]
+    test = {"test": np.flatnonzero(slices.meta["split"].to_numpy() == "test")}
+    done = map_jobs(_train_and_score, runs, u.workers, (params, paths, slices, splits, test, u.workers == 1),
+                    "utility against segmenter budget")
+    dice = {run: per_patient(d["volumes"][0]).set_index("patient")["dice_mean"] for run, d in zip(runs, done)}
+    boot = lambda values, what: bootstrap_mean(values, None, n_boot=u.bootstrap, level=u.confidence,
+                                               seed=seed_for(params.seed, "bootstrap", "utility", "segmenter budget", what))[0]
+    out = []
+    for run, d in zip(runs, done):
+        iv = boot(dice[run].to_numpy(), run.name)
+        row = {"regime": run.regime, "arm": run.arm, "n_real_patients": n, "seed": seed,
+               "budget_fraction": 1.0 if run.budget is None else run.budget, "steps": d["model"]["steps"],
+               "chosen_step": d["model"]["chosen_step"], "stopping": d["model"]["stopping"],
+               "dice_mean": iv.estimate, "dice_mean_low": iv.low, "dice_mean_high": iv.high,
+               "delta_vs_real": np.nan, "delta_low": np.nan, "delta_high": np.nan, "n_patients": len(dice[run]),
+               "train_wall_time_s": d["model"]["train_wall_time_s"]}
+        base = dice.get(Run("real", NO_ARM, n, seed, budget=run.budget))
+        if run.regime != "real" and base is not None:
+            diff = boot((dice[run] - base.reindex(dice[run].index)).to_numpy(), f"delta {run.name}")
+            row.update(delta_vs_real=diff.estimate, delta_low=diff.low, delta_high=diff.high)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 def _groups(table: pd.DataFrame):
     return table.groupby(["regime", "arm", "n_real_patients", "eval_set"], sort=False)
 
@@ -350,6 +404,7 @@ def summary(params: StudyParams, results: Results) -> pd.DataFrame:
     the share of one-sided HD95 values, the delta's interval, the baseline's n, and the seed spread of mean Dice."""
     u = params.utility
     pat, sl = results.patients, results.slices
+    chosen = results.models.set_index("run")["chosen_step"]
     value_cols = ["dice_mean", *DICE, "hd95_mean", *HD95]
     full_n = int(pat.loc[pat.regime == "real", "n_real_patients"].max()) if (pat.regime == "real").any() else None
     rows = []
@@ -373,6 +428,7 @@ def summary(params: StudyParams, results: Results) -> pd.DataFrame:
                "dice_reference_protocol": ref.estimate, "dice_reference_protocol_low": ref.low, "dice_reference_protocol_high": ref.high,
                "delta_vs_real": np.nan, "delta_low": np.nan, "delta_high": np.nan, "p_value": np.nan, "baseline_n": None,
                "n_patients": int(len(pp)), "seeds": seeds,
+               "chosen_steps": [int(chosen[r]) for r in d.drop_duplicates("seed").sort_values("seed")["run"]],
                "dice_mean_seed_std": mean_and_spread(d.groupby("seed")["dice_mean"].mean())["std"]}
         base_n = None if regime == "real" else (full_n if regime == "synthetic" else int(n))
         base = pat[(pat.regime == "real") & (pat.n_real_patients == base_n) & (pat.eval_set == eval_set) & pat.seed.isin(seeds)]
@@ -395,10 +451,17 @@ def summary(params: StudyParams, results: Results) -> pd.DataFrame:
 
 
 
+def _steps_text(steps: list[int]) -> str:
+    return " ".join(map(str, steps))
+
+
 def dice_table(table: pd.DataFrame, column: str = "dice_mean", low: str = "dice_mean_low", high: str = "dice_mean_high") -> pd.DataFrame:
-    """Wide view: one row per (regime, arm, n real patients), one column per evaluation set, ``estimate [low, high]``."""
-    t = table.assign(cell=[format_interval(r[column], r[low], r[high]) for _, r in table.iterrows()])
-    wide = t.pivot_table(index=["regime", "arm", "n_real_patients"], columns="eval_set", values="cell", aggfunc="first", sort=False)
+    """Wide view: one row per (regime, arm, n real patients, chosen step of each seed), one column per evaluation
+    set, ``estimate [low, high]``."""
+    t = table.assign(cell=[format_interval(r[column], r[low], r[high]) for _, r in table.iterrows()],
+                     chosen_step=table["chosen_steps"].map(_steps_text))
+    wide = t.pivot_table(index=["regime", "arm", "n_real_patients", "chosen_step"], columns="eval_set", values="cell",
+                         aggfunc="first", sort=False)
     return wide[[c for c in t["eval_set"].unique()]]
 
 
@@ -407,7 +470,8 @@ def delta_table(table: pd.DataFrame) -> pd.DataFrame:
     t = table[table.regime != "real"].copy()
     t["delta"] = [format_interval(r.delta_vs_real, r.delta_low, r.delta_high) for r in t.itertuples()]
     t["p_holm"] = t["p_holm"].map(lambda p: "n/a" if not np.isfinite(p) else f"{p:.3g}")
-    wide = t.pivot_table(index=["regime", "arm", "n_real_patients", "baseline_n"], columns="eval_set", values=["delta", "p_holm"],
+    t["chosen_step"] = t["chosen_steps"].map(_steps_text)
+    wide = t.pivot_table(index=["regime", "arm", "n_real_patients", "chosen_step", "baseline_n"], columns="eval_set", values=["delta", "p_holm"],
                          aggfunc="first", sort=False)
     return wide
 
@@ -431,12 +495,16 @@ def examples(results: Results, slices: SliceSet) -> list[dict]:
     return out
 
 
-def save(params: StudyParams, paths: RunPaths, results: Results, table: pd.DataFrame, budgets: pd.DataFrame | None = None) -> Path:
+def save(params: StudyParams, paths: RunPaths, results: Results, table: pd.DataFrame, budgets: pd.DataFrame | None = None,
+         segmenter_budgets: pd.DataFrame | None = None) -> Path:
     """Write ``metrics/utility.json`` (``summary``: one record per regime, arm, n real patients and evaluation set with
-    the keys of :data:`SUMMARY_KEYS` and more; ``models``: every run with its train wall time; ``per_patient``) and the
-    tables ``utility_summary``, ``utility_dice``, ``utility_dice_reference_protocol``, ``utility_hd95``,
-    ``utility_delta``, ``utility_models`` and ``utility_per_patient`` (CSV, Markdown, LaTeX)."""
-    report.save_table(table.assign(seeds=table["seeds"].map(lambda s: " ".join(map(str, s)))), paths.tables, "utility_summary", index=False)
+    the keys of :data:`SUMMARY_KEYS` and more; ``models``: every run with its train wall time and chosen step;
+    ``per_patient``; the compute axis and the segmenter's budget axis) and the tables ``utility_summary``,
+    ``utility_dice``, ``utility_dice_reference_protocol``, ``utility_hd95``, ``utility_delta``, ``utility_models``,
+    ``utility_per_patient``, ``utility_against_training_step`` and ``utility_against_segmenter_budget`` (CSV,
+    Markdown, LaTeX)."""
+    report.save_table(table.assign(seeds=table["seeds"].map(_steps_text), chosen_steps=table["chosen_steps"].map(_steps_text)),
+                      paths.tables, "utility_summary", index=False)
     report.save_table(dice_table(table), paths.tables, "utility_dice")
     report.save_table(dice_table(table, "dice_reference_protocol", "dice_reference_protocol_low", "dice_reference_protocol_high"),
                       paths.tables, "utility_dice_reference_protocol")
@@ -448,6 +516,9 @@ def save(params: StudyParams, paths: RunPaths, results: Results, table: pd.DataF
     budgets = pd.DataFrame() if budgets is None else budgets
     if len(budgets):
         report.save_table(budgets, paths.tables, "utility_against_training_step", index=False)
+    segmenter_budgets = pd.DataFrame() if segmenter_budgets is None else segmenter_budgets
+    if len(segmenter_budgets):
+        report.save_table(segmenter_budgets, paths.tables, "utility_against_segmenter_budget", index=False)
     u = params.utility
     record = {
         "summary": table.to_dict(orient="records"),
@@ -465,18 +536,22 @@ def save(params: StudyParams, paths: RunPaths, results: Results, table: pd.DataF
                              "real-only at the same n real patients, or with all (baseline_n) for synthetic-only",
             "p_value": "paired Wilcoxon signed-rank test on per-patient mean foreground Dice; p_holm: Holm-corrected "
                        "across every comparison of the summary",
+            "chosen_step": "the step of the evaluated checkpoint: the best of the segmenter's validation checks (mean "
+                           "foreground Dice of the validation patients), else the last step; chosen_steps per seed",
         },
-        "segmenter": {**params.utility.segmenter.model_dump(), "augment": "monai" if u.augment else "flips", "weights": "ema",
-                      "synthetic_ratio": u.synthetic_ratio},
+        "segmenter": {**params.utility.segmenter.model_dump(), "weights": "ema", "synthetic_ratio": u.synthetic_ratio,
+                      "chosen_on": "val" if results.validation else "last step (no validation patients)"},
         "pixel_spacing_mm": pixel_spacing_mm(params),
         "models": results.models.to_dict(orient="records"),
         "total_train_wall_time_s": float(results.models["train_wall_time_s"].sum()),
         "per_patient": results.patients.to_dict(orient="records"),
         "against_training_step": budgets.to_dict(orient="records"),
+        "against_segmenter_budget": segmenter_budgets.to_dict(orient="records"),
     }
     return write_json(paths.metrics / "utility.json", record)
 
 
 __all__ = ["STAGE", "REGIMES", "STRUCTURES", "SUMMARY_KEYS", "Run", "TrainingSet", "Results", "n_real_grid", "plan",
            "real_patients", "training_set", "build_segmenter", "train_config", "train_run", "pixel_spacing_mm", "eval_sets",
-           "score_slices", "score_volumes", "per_patient", "run_all", "against_training_step", "summary", "dice_table", "delta_table", "examples", "save"]
+           "score_slices", "score_volumes", "per_patient", "run_all", "against_training_step",
+           "against_segmenter_budget", "summary", "dice_table", "delta_table", "examples", "save"]

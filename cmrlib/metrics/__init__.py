@@ -13,9 +13,10 @@ from .distribution import fid, kid, mmd2_unbiased, prdc
 from . import privacy
 from .features import INCEPTION_NAME, SPACES, FeatureSpace, default_inception_weights, feature_space, inception_features, seg_features
 from .paired import DATA_RANGE, diversity, lpips_status, mean_image, ms_ssim, ms_ssim_config, paired_metrics, psnr, random_pairs, ssim
-from .segmentation import dice_per_structure, hd95_per_structure, image_diagonal_mm, one_sided_empty, reference_protocol_dice, volume_dice
+from .segmentation import dice_per_structure, hd95_per_structure, image_diagonal_mm, one_sided_empty, reference_protocol_dice, volume_dice, volume_rows
 
 __all__ = ["fid", "kid", "mmd2_unbiased", "prdc", "INCEPTION_NAME", "SPACES", "FeatureSpace", "default_inception_weights",
            "feature_space", "inception_features", "seg_features", "DATA_RANGE", "diversity", "lpips_status", "mean_image",
            "ms_ssim", "ms_ssim_config", "paired_metrics", "psnr", "random_pairs", "ssim", "dice_per_structure",
-           "hd95_per_structure", "image_diagonal_mm", "one_sided_empty", "reference_protocol_dice", "volume_dice", "privacy"]
+           "hd95_per_structure", "image_diagonal_mm", "one_sided_empty", "reference_protocol_dice", "volume_dice",
+           "volume_rows", "privacy"]

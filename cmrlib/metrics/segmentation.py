@@ -55,6 +55,15 @@ def volume_dice(pred: np.ndarray, target: np.ndarray, labels: dict[int, str] = F
                     dtype=np.float64)
 
 
+def volume_rows(meta) -> dict[tuple[str, str], np.ndarray]:
+    """The volumes of a set of slices: (patient, phase) -> the rows of ``meta`` (a DataFrame with ``patient``,
+    ``phase``, ``slice_index``) of its slices in slice order, sorted by patient and phase."""
+    meta = meta.reset_index(drop=True)
+    order = meta["slice_index"].to_numpy()
+    return {key: idx[np.argsort(order[idx], kind="stable")]
+            for key, idx in meta.groupby(["patient", "phase"], sort=True).indices.items()}
+
+
 def reference_protocol_dice(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     """(N, H, W) -> (N,) the reference study's per-slice Dice: mean over all four classes, background included
     (classes absent from both left out)."""
