@@ -310,6 +310,15 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
         out["real_mask_dice"] = fmt(real["dice_mean"]["estimate"])
     if "fid" in real:
         out["real_fid_seg"] = fmt(real["fid"]["estimate"])
+    seg = results["fidelity"].get("segmenter", {})
+    out["segmenter_stopping"] = (f"its checkpoint of best validation Dice ({fmt(seg['val_dice'])}, step {seg['chosen_step']} "
+                                 f"of {seg['steps']})" if seg.get("val_dice") is not None else "its last weights")
+    chosen = results["utility"].get("segmenter", {}).get("chosen_on")
+    out["utility_stopping"] = ("the checkpoint of best validation Dice" if chosen == "val" else "the last weights")
+    for r in results["utility"].get("against_segmenter_budget", []):
+        if r["regime"] == "real+synthetic":
+            name = f"segmenter_budget_{r['budget_fraction'] * 100:.0f}pct_{r['arm']}_delta"
+            out[name], out[f"{name}_low"], out[f"{name}_high"] = fmt(r["delta_vs_real"]), fmt(r["delta_low"]), fmt(r["delta_high"])
     return out
 
 
@@ -365,6 +374,13 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
         f"{n['reference_protocol_reason'] or 'the run has no cross-domain set'}.")
     deltas = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_utility_delta')}" for a in registry.names())
     verdict_text = "; ".join(f"*{r.claim}*: **{n[f'claim_{r.key}']}**" for r in claims.itertuples())
+    seg_budgets = sorted({k.split("_")[2] for k in n if re.fullmatch(r"segmenter_budget_\d+pct_.+_delta", k)},
+                         key=lambda v: int(v[:-3]))
+    seg_budget_text = (" Against the segmenter's own budget (each fraction trained with its own schedule, chosen on the "
+                       "validation patients), real + synthetic minus real only: " + "; ".join(
+                           f"{b[:-3]}%: " + ", ".join(f"{registry.label(a)} {_interval(n, f'segmenter_budget_{b}_{a}_delta')}"
+                                                     for a in registry.names() if f"segmenter_budget_{b}_{a}_delta" in n)
+                           for b in seg_budgets) + "." if seg_budgets else "")
     budgets = sorted({k.split("_")[1] for k in n if re.fullmatch(r"budget_\d+pct", k)}, key=lambda v: int(v[:-3]))
     budget_text = "; ".join(
         f"*{r.claim}*: " + ", ".join(f"{n[f'budget_{b}_{r.key}']} at {n[f'budget_{b}']}%" for b in budgets if f"budget_{b}_{r.key}" in n)
@@ -395,9 +411,9 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
               f"rectified flow ({n['fm_train_steps']} steps, {n['fm_sampler_steps']} sampling steps). Each arm generates "
               f"{n['n_synthetic']} synthetic images from stage-1 masks and one image from each real test mask (the paired set)."),
         ("p", f"**Evaluation.** Fidelity: mask faithfulness (Dice between the conditioning mask and a reference segmenter's "
-              f"prediction, the segmenter trained {n['segmenter_steps']} steps on the real training patients) and FID in that "
-              f"segmenter's feature space. Utility: a DynUNet trained {n['utility_steps']} steps on real, synthetic, or real + "
-              f"synthetic data, tested per patient on {tested_on}. Privacy: nearest-neighbour copy "
+              f"prediction, the segmenter trained {n['segmenter_steps']} steps on the real training patients; {n['segmenter_stopping']}) "
+              f"and FID in that segmenter's feature space. Utility: a DynUNet trained {n['utility_steps']} steps on real, "
+              f"synthetic, or real + synthetic data ({n['utility_stopping']} evaluated), tested per patient on {tested_on}. Privacy: nearest-neighbour copy "
               f"flags, distance to closest record against held-out patients, and membership inference from each model's own "
               f"error at {n['n_snr']} matched signal-to-noise ratios ({n['mia_draws']} noise draw{'s' if n['mia_draws'] != 1 else ''} each), members = training "
               f"slices, non-members = held-out slices. Intervals: {n['confidence']}% percentile bootstrap over patients."),
@@ -405,7 +421,7 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
         ("fig", "paper_samples", "The paired set: real test masks, the image each arm generated from them, and the real image."),
         ("p", f"**Fidelity.** Mask faithfulness: {arms} (real images: {n.get('real_mask_dice', 'n/a')})."),
         ("p", f"**Utility.** With {n['n_real_smallest']} real patients plus synthetic data, in-domain Dice: {utility}; real "
-              f"only: {_interval(n, 'real_only_utility_dice')}; change against real only: {deltas}.{cross_utility}"),
+              f"only: {_interval(n, 'real_only_utility_dice')}; change against real only: {deltas}.{cross_utility}{seg_budget_text}"),
         ("fig", "paper_utility", "Segmentation Dice against the number of real training patients, per regime and arm."),
         ("p", f"**Privacy.** Membership AUC (ours): {privacy}. {reference_text} Share of synthetic images "
               f"flagged as copies: {copies}; distance-to-closest-record score ({n['chance']}: no closer to the training patients than "

@@ -151,6 +151,10 @@ def test_reference_segmenter_beats_a_constant_prediction_and_is_cached(tiny_run)
         assert np.nanmean(dice) > np.nanmean(constant) + 0.05
     again, resumed = segmenters.reference_segmenter(p, paths, slices)  # cached: returns at once
     assert resumed.resumed_from == result.step == p.fidelity.segmenter.steps
+    # chosen on the validation patients, and the cached load gives that checkpoint's weights
+    assert result.chosen.name == "best.pt" and resumed.best_step == result.best_step <= result.step
+    assert segmenters.validation_dice(again, slices.split("val")) == result.best_score
+    np.testing.assert_array_equal(segmenters.segment(again, ref.images), segmenters.segment(segmenter, ref.images))
 
 
 def test_evaluation_of_an_oracle_generator_and_json(tiny_run):

@@ -63,6 +63,17 @@ def test_overrides_parse_values_as_yaml_and_are_validated(tmp_path):
         params.load(path, ["data.n_train_patients"])
 
 
+def test_segmenter_budgets_are_increasing_fractions_below_one_and_augment_lives_with_the_segmenter(tmp_path):
+    path = write(tmp_path, "run_name: x\n")
+    assert params.load(path, ["utility.segmenter_budgets=[0.2, 0.6]"]).utility.segmenter_budgets == [0.2, 0.6]
+    for bad in ("[0.5, 0.25]", "[1.0]", "[0]"):
+        with pytest.raises(ParamsError, match="segmenter_budgets must be increasing fractions in \\(0, 1\\)"):
+            params.load(path, [f"utility.segmenter_budgets={bad}"])
+    with pytest.raises(ParamsError, match="unknown key 'utility.augment'"):
+        params.load(path, ["utility.augment=true"])
+    assert params.load(path, ["fidelity.segmenter.augment=flips"]).fidelity.segmenter.augment == "flips"
+
+
 def test_digest_changes_with_any_value(tmp_path):
     path = write(tmp_path, "run_name: x\n")
     assert params.load(path).digest() == params.load(path).digest()

@@ -267,3 +267,62 @@ def test_training_inputs_are_computed_once_and_trained_on(tmp_path, data):
     plain = make_model()
     train(plain, 0.5 * x.flip(-1), cond, cfg(steps=12), tmp_path / "plain")
     assert_same(encoded.state_dict(), plain.state_dict())
+
+
+# -- validation: the best checkpoint is kept, training itself is untouched ---------------------------------------
+def weight_score(net: nn.Module) -> float:
+    """A deterministic score of the weights that changes with every step: the first layer's mean."""
+    return float(net.net[0].weight.double().mean())
+
+
+def test_validation_keeps_the_best_checkpoint_and_leaves_training_alone(tmp_path, data, reference):
+    _, ref_model, _ = reference
+    model = make_model()
+    result = train(model, *data, cfg(val_every=7), tmp_path, validate=weight_score)
+    assert_same(model.state_dict(), ref_model.state_dict())  # validating changes nothing of the run
+    log = result.validation
+    assert log["step"].tolist() == [7, 14, 21, 28, 35, 40]  # every val_every steps and at the end
+    best = int(log.loc[log["score"].idxmax(), "step"])
+    assert result.best_step == best == log["best_step"].iloc[-1] and result.best_score == log["score"].max()
+    assert result.chosen == tmp_path / "best.pt" and result.chosen_step == best
+    # best.pt holds the EMA weights of that step: scored again they give the logged score
+    scored = make_model()
+    assert load_checkpoint(result.best, scored, weights="ema")["step"] == best
+    assert weight_score(scored) == result.best_score
+    # the last check scores the final EMA weights, not the raw ones
+    load_checkpoint(result.last, scored, weights="ema")
+    assert weight_score(scored) == log["score"].iloc[-1]
+
+
+def test_validation_resumes_after_a_kill_with_the_same_log_and_best(tmp_path, data):
+    whole = train(make_model(), *data, cfg(val_every=7), tmp_path / "whole", validate=weight_score)
+    with pytest.raises(Interrupted):
+        train(dies_after(make_model(), 25), *data, cfg(val_every=7), tmp_path / "killed", validate=weight_score)
+    resumed = train(TinyDenoiser(), *data, cfg(val_every=7), tmp_path / "killed", validate=weight_score)
+    assert resumed.resumed_from == 20
+    pd.testing.assert_frame_equal(resumed.validation.drop(columns="elapsed_s"), whole.validation.drop(columns="elapsed_s"))
+    assert resumed.best_step == whole.best_step
+    assert_same(load_checkpoint(resumed.best)["ema"], load_checkpoint(whole.best)["ema"])
+    done = train(TinyDenoiser(), *data, cfg(val_every=7), tmp_path / "killed", validate=weight_score)
+    assert (done.resumed_from, done.best_step, done.best_score) == (40, whole.best_step, whole.best_score)
+
+
+def test_validation_needs_both_a_score_and_a_schedule_and_a_finite_score(tmp_path, data):
+    with pytest.raises(ValueError, match="val_every"):
+        train(make_model(), *data, cfg(val_every=5), tmp_path / "a")
+    with pytest.raises(ValueError, match="val_every"):
+        train(make_model(), *data, cfg(), tmp_path / "b", validate=weight_score)
+    with pytest.raises(FloatingPointError, match="validation score is nan at step 5"):
+        train(make_model(), *data, cfg(val_every=5), tmp_path / "c", validate=lambda net: float("nan"))
+
+
+def test_a_checkpoint_from_before_validation_existed_still_resumes(tmp_path, data, reference):
+    ref_dir, ref_model, _ = reference
+    shutil.copytree(ref_dir, tmp_path / "old")
+    ckpt = torch.load(tmp_path / "old" / "last.pt", weights_only=True)
+    del ckpt["train_config"]["val_every"], ckpt["validation"]
+    torch.save(ckpt, tmp_path / "old" / "last.pt")
+    model = TinyDenoiser()
+    result = train(model, *data, cfg(), tmp_path / "old")
+    assert result.resumed_from == 40 and result.best is None and result.chosen == result.last
+    assert_same(model.state_dict(), ref_model.state_dict())

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cmrlib import metrics, utility
+from cmrlib import metrics, segmenters, utility
 from cmrlib.data import prepare
 from cmrlib.generation import save_samples
 from cmrlib.models import SegmentationModel, one_hot
@@ -122,7 +122,7 @@ def tiny_run(tmp_path_factory):
     """A 32-px phantom run with a fake 'ddpm' synthetic set (noise images on training masks)."""
     p = tiny_params("util", seed=2,
                     data={"n_test_patients": 2, "n_cross_patients": 2, "phantom": {"slices_per_volume": 5}},
-                    utility={"segmenter": {"steps": 40}, "n_real_patients": [2, None], "augment": True})
+                    utility={"segmenter": {"steps": 40}, "n_real_patients": [2, None]})
     paths = RunPaths(tmp_path_factory.mktemp("run"))
     slices = prepare(p, paths)
     splits = json.loads(paths.splits.read_text())
@@ -221,5 +221,51 @@ def test_run_all_summary_and_json(tiny_run):
     assert len(record["summary"]) == len(table) and set(utility.SUMMARY_KEYS) <= set(record["summary"][0])
     assert all(m["train_wall_time_s"] >= 0 for m in record["models"])
     assert (paths.tables / "utility_dice.csv").exists() and (paths.tables / "utility_delta.md").exists()
+    # every run is chosen on the validation patients, and every table names the chosen step
+    assert results.models["stopping"].str.startswith("best val").all() and set(results.validation) == set(results.models["run"])
+    assert (results.models["chosen_step"] <= results.models["steps"]).all()
+    assert table["chosen_steps"].map(len).eq(1).all()
+    dice = pd.read_csv(paths.tables / "utility_dice.csv")
+    assert "chosen_step" in dice.columns and record["segmenter"]["chosen_on"] == "val"
     examples = utility.examples(results, slices)
     assert len(examples) == 2 * 3 and examples[0]["dice"] >= examples[1]["dice"]
+
+
+class FixedSegmenter(torch.nn.Module):
+    """A "segmenter" that predicts the given label maps, whatever the images."""
+
+    def __init__(self, labels: np.ndarray):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.labels = torch.from_numpy(labels)
+
+    def predict(self, x):
+        return self.labels
+
+
+def test_validation_dice_is_one_for_a_perfect_segmenter_and_averages_patients(tiny_run):
+    _, _, slices, _ = tiny_run
+    val = segmenters.validation_set(slices)
+    assert segmenters.validation_dice(FixedSegmenter(val.masks), val) == 1.0
+    assert segmenters.validation_dice(FixedSegmenter(np.zeros_like(val.masks)), val) == 0.0
+    first = val.meta["patient"] == val.meta["patient"].iloc[0]
+    half = np.where(first.to_numpy()[:, None, None], val.masks, 0)  # right for one patient, empty for the others
+    assert segmenters.validation_dice(FixedSegmenter(half), val) == pytest.approx(1 / val.meta["patient"].nunique())
+    no_val = slices.select(slices.meta["split"].to_numpy() != "val")
+    assert segmenters.validation_set(no_val) is None
+
+
+def test_the_segmenter_budget_axis_trains_each_fraction_with_its_own_schedule(tiny_run):
+    p, paths, slices, splits = tiny_run
+    p = p.model_copy(update={"utility": p.utility.model_copy(update={"segmenter_budgets": [0.5]})})
+    table = utility.against_segmenter_budget(p, paths, slices, splits, arms=("ddpm",))
+    assert table[["regime", "budget_fraction", "steps"]].values.tolist() == [
+        ["real", 0.5, 20], ["real+synthetic", 0.5, 20], ["real", 1.0, 40], ["real+synthetic", 1.0, 40]]
+    assert (table["chosen_step"] <= table["steps"]).all() and table["n_real_patients"].eq(2).all()
+    assert table.loc[table.regime == "real", "delta_vs_real"].isna().all()
+    assert table.loc[table.regime != "real", "delta_vs_real"].notna().all()
+    half = pd.read_csv(paths.checkpoints / "utility" / "real_none_n2_seed0_budget0.5" / "loss.csv")
+    assert half["step"].max() == 20 and half["lr"].iloc[-1] == pytest.approx(0.0, abs=1e-12)  # its own decay to 0
+    real_only = p.model_copy(update={"utility": p.utility.model_copy(update={"regimes": ["real"]})})
+    assert utility.against_segmenter_budget(real_only, paths, slices, splits, arms=("ddpm",))["regime"].eq("real").all()
+    assert utility.against_training_step(real_only, paths, slices, splits, arms=("ddpm",)).empty
