@@ -311,13 +311,13 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
     if "fid" in real:
         out["real_fid_seg"] = fmt(real["fid"]["estimate"])
     seg = results["fidelity"].get("segmenter", {})
-    out["segmenter_stopping"] = (f"its checkpoint of best validation Dice ({fmt(seg['val_dice'])}, step {seg['chosen_step']} "
-                                 f"of {seg['steps']})" if seg.get("val_dice") is not None else "its last weights")
+    out["segmenter_stopping"] = (f"the checkpoint of best validation Dice used, {fmt(seg['val_dice'])} at step "
+                                 f"{seg['chosen_step']}" if seg.get("val_dice") is not None else "its last weights used")
     chosen = results["utility"].get("segmenter", {}).get("chosen_on")
     out["utility_stopping"] = ("the checkpoint of best validation Dice" if chosen == "val" else "the last weights")
     for r in results["utility"].get("against_segmenter_budget", []):
         if r["regime"] == "real+synthetic":
-            name = f"segmenter_budget_{r['budget_fraction'] * 100:.0f}pct_{r['arm']}_delta"
+            name = f"segmenter_budget_{r['budget_fraction'] * 100:g}pct_{r['arm']}_delta".replace(".", "_")
             out[name], out[f"{name}_low"], out[f"{name}_high"] = fmt(r["delta_vs_real"]), fmt(r["delta_low"]), fmt(r["delta_high"])
     return out
 
@@ -374,11 +374,12 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
         f"{n['reference_protocol_reason'] or 'the run has no cross-domain set'}.")
     deltas = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_utility_delta')}" for a in registry.names())
     verdict_text = "; ".join(f"*{r.claim}*: **{n[f'claim_{r.key}']}**" for r in claims.itertuples())
-    seg_budgets = sorted({k.split("_")[2] for k in n if re.fullmatch(r"segmenter_budget_\d+pct_.+_delta", k)},
-                         key=lambda v: int(v[:-3]))
+    seg_budgets = sorted({k.split("pct_")[0].removeprefix("segmenter_budget_") + "pct" for k in n
+                          if re.fullmatch(r"segmenter_budget_[\d_]+pct_.+_delta", k)},
+                         key=lambda v: float(v[:-3].replace("_", ".")))
     seg_budget_text = (" Against the segmenter's own budget (each fraction trained with its own schedule, chosen on the "
                        "validation patients), real + synthetic minus real only: " + "; ".join(
-                           f"{b[:-3]}%: " + ", ".join(f"{registry.label(a)} {_interval(n, f'segmenter_budget_{b}_{a}_delta')}"
+                           f"{b[:-3].replace('_', '.')}%: " + ", ".join(f"{registry.label(a)} {_interval(n, f'segmenter_budget_{b}_{a}_delta')}"
                                                      for a in registry.names() if f"segmenter_budget_{b}_{a}_delta" in n)
                            for b in seg_budgets) + "." if seg_budgets else "")
     budgets = sorted({k.split("_")[1] for k in n if re.fullmatch(r"budget_\d+pct", k)}, key=lambda v: int(v[:-3]))

@@ -348,7 +348,7 @@ def validation_curves(validation: dict[str, pd.DataFrame], title: str = "") -> p
     """Validation Dice against step of every segmenter run (``validation.csv`` rows), one line each, the chosen
     (best) checkpoint marked."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    for i, (name, d) in enumerate(validation.items()):
+    for i, (name, d) in enumerate((k, v) for k, v in validation.items() if len(v)):
         ax.plot(d["step"], d["score"], lw=0.9, color=f"C{i % 10}", label=name)
         best = d.loc[d["score"].idxmax()]
         ax.plot(best["step"], best["score"], marker="o", ms=4, color=f"C{i % 10}")

@@ -16,6 +16,8 @@ validation patients, the last EMA weights are used.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -41,7 +43,7 @@ def train_config(p: SegmenterParams, seed: int, validates: bool, steps: int | No
     checkpoint (the last), four saves per run, ``p.val_checks`` validations when ``validates``."""
     steps = p.steps if steps is None else steps
     warmup = p.warmup_steps if steps == p.steps else round(p.warmup_steps * steps / p.steps)
-    val_every = max(1, steps // p.val_checks) if validates and p.val_checks else 0
+    val_every = math.ceil(steps / p.val_checks) if validates and p.val_checks else 0  # at most val_checks checks
     return training.TrainConfig(steps=steps, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
                                 warmup_steps=warmup, ema_max_decay=EMA_MAX_DECAY, checkpoint_every=max(1, steps // 4),
                                 keep_fractions=(1.0,), seed=seed, val_every=val_every)

@@ -551,16 +551,20 @@ class TrainingState:
         }
 
     def validate(self, score: Callable[[nn.Module], float], desc: str) -> bool:
-        """Score the EMA weights (in eval mode) with ``score`` (higher is better; the same on every process, which
-        all call it); True when it beats the best so far, which it then becomes."""
+        """Score the EMA weights (in eval mode) with ``score`` (higher is better), on every process, the mean over
+        processes taken; True when it beats the best so far, which it then becomes."""
         self.ema.store(self.params)
         self.ema.copy_to(self.params)
         self.net.eval()
         try:
-            value = float(score(self.net))
+            with torch.no_grad():
+                value = score(self.net)
         finally:
             self.ema.restore(self.params)
             self.wrapper.train()
+        if self.accelerator.num_processes > 1:  # one decision on every process, so they save (and gather) together
+            value = self.accelerator.reduce(torch.tensor(float(value), device=self.device), reduction="mean").item()
+        value = float(value)
         if not math.isfinite(value):
             raise FloatingPointError(f"{desc}: the validation score is {value} at step {self.step}; the validation "
                                      "set must give a finite score (a segmenter's: labelled validation slices)")
@@ -684,7 +688,9 @@ def train(
             paths = checkpoints.due(state.step)
             if val_log is not None and (state.step % config.val_every == 0 or state.step == config.steps):
                 if state.validate(validate, desc):
-                    paths = [out_dir / BEST, *paths]  # best.pt first: a last.pt never names a best.pt not yet written
+                    # best.pt, then last.pt with it: a resume never starts behind the best checkpoint on disk (a replay on
+                    # a GPU need not reproduce its score), and a last.pt never names a best.pt not yet written
+                    paths = [out_dir / BEST, *[p for p in paths if p.name != LAST], checkpoints.last_path]
                 val_log.write([state.step, state.last_score, state.best_step,
                                round(state.elapsed0 + time.perf_counter() - t0, 3)])
                 postfix["val"] = f"{state.last_score:.4g}"

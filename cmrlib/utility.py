@@ -95,8 +95,14 @@ class Run:
     @property
     def name(self) -> str:
         """The checkpoint folder ``checkpoints/utility/<name>/``."""
-        return (f"{self.regime}_{self.arm}_n{self.n_real}_seed{self.seed}" + ("" if self.step is None else f"_step{self.step}")
-                + ("" if self.budget is None else f"_budget{self.budget:g}"))
+        return self.seed_name + ("" if self.budget is None else f"_budget{self.budget:g}")
+
+    @property
+    def seed_name(self) -> str:
+        """What the run's seed derives from: its name without the budget, so that a run at a fraction of the budget
+        starts from the same weights and draws the same batches as the whole run (the budget axis compares schedules,
+        not seeds)."""
+        return f"{self.regime}_{self.arm}_n{self.n_real}_seed{self.seed}" + ("" if self.step is None else f"_step{self.step}")
 
 
 def n_real_grid(params: StudyParams, splits: dict) -> list[int]:
@@ -182,7 +188,7 @@ def train_config(params: StudyParams, run: Run, validates: bool) -> training.Tra
     """A run's loop settings: ``utility.segmenter`` (``run.budget`` of its steps), validated when ``validates``."""
     p = params.utility.segmenter
     steps = None if run.budget is None else max(1, round(run.budget * p.steps))
-    return segmenters.train_config(p, seed_for(params.seed, "train", CHECKPOINT_DIR, run.name), validates, steps)
+    return segmenters.train_config(p, seed_for(params.seed, "train", CHECKPOINT_DIR, run.seed_name), validates, steps)
 
 
 def train_run(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, run: Run, progress: bool = True
@@ -348,7 +354,8 @@ def against_training_step(params: StudyParams, paths: RunPaths, slices: SliceSet
                             seed=seed_for(params.seed, "bootstrap", "utility", run.name))[0]
         out.append({"arm": run.arm, "step": int(run.step), "n_real_patients": n, "n_synthetic_images": d["model"]["n_synthetic_images"],
                     "seed": seed, "dice_mean": iv.estimate, "dice_mean_low": iv.low, "dice_mean_high": iv.high,
-                    "n_patients": len(pp), "train_wall_time_s": d["model"]["train_wall_time_s"]})
+                    "n_patients": len(pp), "chosen_step": d["model"]["chosen_step"], "stopping": d["model"]["stopping"],
+                    "train_wall_time_s": d["model"]["train_wall_time_s"]})
     return pd.DataFrame(out)
 
 
@@ -451,15 +458,15 @@ def summary(params: StudyParams, results: Results) -> pd.DataFrame:
 
 
 
-def _steps_text(steps: list[int]) -> str:
-    return " ".join(map(str, steps))
+def _join(values: list[int]) -> str:
+    return " ".join(map(str, values))
 
 
 def dice_table(table: pd.DataFrame, column: str = "dice_mean", low: str = "dice_mean_low", high: str = "dice_mean_high") -> pd.DataFrame:
     """Wide view: one row per (regime, arm, n real patients, chosen step of each seed), one column per evaluation
     set, ``estimate [low, high]``."""
     t = table.assign(cell=[format_interval(r[column], r[low], r[high]) for _, r in table.iterrows()],
-                     chosen_step=table["chosen_steps"].map(_steps_text))
+                     chosen_step=table["chosen_steps"].map(_join))
     wide = t.pivot_table(index=["regime", "arm", "n_real_patients", "chosen_step"], columns="eval_set", values="cell",
                          aggfunc="first", sort=False)
     return wide[[c for c in t["eval_set"].unique()]]
@@ -470,7 +477,7 @@ def delta_table(table: pd.DataFrame) -> pd.DataFrame:
     t = table[table.regime != "real"].copy()
     t["delta"] = [format_interval(r.delta_vs_real, r.delta_low, r.delta_high) for r in t.itertuples()]
     t["p_holm"] = t["p_holm"].map(lambda p: "n/a" if not np.isfinite(p) else f"{p:.3g}")
-    t["chosen_step"] = t["chosen_steps"].map(_steps_text)
+    t["chosen_step"] = t["chosen_steps"].map(_join)
     wide = t.pivot_table(index=["regime", "arm", "n_real_patients", "chosen_step", "baseline_n"], columns="eval_set", values=["delta", "p_holm"],
                          aggfunc="first", sort=False)
     return wide
@@ -503,7 +510,7 @@ def save(params: StudyParams, paths: RunPaths, results: Results, table: pd.DataF
     ``utility_dice``, ``utility_dice_reference_protocol``, ``utility_hd95``, ``utility_delta``, ``utility_models``,
     ``utility_per_patient``, ``utility_against_training_step`` and ``utility_against_segmenter_budget`` (CSV,
     Markdown, LaTeX)."""
-    report.save_table(table.assign(seeds=table["seeds"].map(_steps_text), chosen_steps=table["chosen_steps"].map(_steps_text)),
+    report.save_table(table.assign(seeds=table["seeds"].map(_join), chosen_steps=table["chosen_steps"].map(_join)),
                       paths.tables, "utility_summary", index=False)
     report.save_table(dice_table(table), paths.tables, "utility_dice")
     report.save_table(dice_table(table, "dice_reference_protocol", "dice_reference_protocol_low", "dice_reference_protocol_high"),

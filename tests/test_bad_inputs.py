@@ -289,5 +289,5 @@ def test_an_unreadable_loss_log_names_the_file(tmp_path):
     x, cond, config = torch.randn(4, 1, 8, 8), torch.zeros(4, 2, 8, 8), TrainConfig(steps=2, batch_size=2)
     train(TinyDenoiser(), x, cond, config, tmp_path, progress=False)
     (tmp_path / "loss.csv").write_text('step,loss\n1,"unclosed\n')
-    with pytest.raises(CheckpointError, match=r"loss\.csv is not a readable loss log .*delete it"):
+    with pytest.raises(CheckpointError, match=r"loss\.csv is not a readable log .*delete it"):
         train(TinyDenoiser(), x, cond, config, tmp_path, progress=False)

@@ -299,7 +299,8 @@ def test_validation_resumes_after_a_kill_with_the_same_log_and_best(tmp_path, da
     with pytest.raises(Interrupted):
         train(dies_after(make_model(), 25), *data, cfg(val_every=7), tmp_path / "killed", validate=weight_score)
     resumed = train(TinyDenoiser(), *data, cfg(val_every=7), tmp_path / "killed", validate=weight_score)
-    assert resumed.resumed_from == 20
+    # a new best at step 21 wrote last.pt with best.pt, so the resume starts there, not at step 20
+    assert whole.validation.loc[whole.validation.step == 21, "best_step"].item() == 21 and resumed.resumed_from == 21
     pd.testing.assert_frame_equal(resumed.validation.drop(columns="elapsed_s"), whole.validation.drop(columns="elapsed_s"))
     assert resumed.best_step == whole.best_step
     assert_same(load_checkpoint(resumed.best)["ema"], load_checkpoint(whole.best)["ema"])
@@ -317,12 +318,13 @@ def test_validation_needs_both_a_score_and_a_schedule_and_a_finite_score(tmp_pat
 
 
 def test_a_checkpoint_from_before_validation_existed_still_resumes(tmp_path, data, reference):
-    ref_dir, ref_model, _ = reference
-    shutil.copytree(ref_dir, tmp_path / "old")
-    ckpt = torch.load(tmp_path / "old" / "last.pt", weights_only=True)
-    del ckpt["train_config"]["val_every"], ckpt["validation"]
-    torch.save(ckpt, tmp_path / "old" / "last.pt")
+    _, ref_model, _ = reference
+    with pytest.raises(Interrupted):
+        train(dies_after(make_model(), 25), *data, cfg(), tmp_path)  # last.pt at step 20
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    del ckpt["train_config"]["val_every"], ckpt["validation"]  # as written before validation existed
+    torch.save(ckpt, tmp_path / "last.pt")
     model = TinyDenoiser()
-    result = train(model, *data, cfg(), tmp_path / "old")
-    assert result.resumed_from == 40 and result.best is None and result.chosen == result.last
+    result = train(model, *data, cfg(), tmp_path)
+    assert result.resumed_from == 20 and result.best is None and result.chosen == result.last
     assert_same(model.state_dict(), ref_model.state_dict())

@@ -101,7 +101,7 @@ def test_per_patient_aggregation_stacks_volumes_and_averages_phases():
 
 # -- the segmentation model's augmentation ---------------------------------------------------------------------------
 def test_augmentation_is_reproducible_and_flips_only_keeps_the_old_config():
-    assert "augment" not in SegmentationModel(widths=[8, 16, 32]).config  # reference segmenters' checkpoints still load
+    assert "augment" not in SegmentationModel(widths=[8, 16, 32]).config  # checkpoints from before the option still load
     model = SegmentationModel(widths=[8, 16, 32], augment="monai")
     assert model.config["augment"] == "monai"
     x = torch.linspace(-1, 1, 4 * 32 * 32).reshape(4, 1, 32, 32)
@@ -251,6 +251,12 @@ def test_validation_dice_is_one_for_a_perfect_segmenter_and_averages_patients(ti
     first = val.meta["patient"] == val.meta["patient"].iloc[0]
     half = np.where(first.to_numpy()[:, None, None], val.masks, 0)  # right for one patient, empty for the others
     assert segmenters.validation_dice(FixedSegmenter(half), val) == pytest.approx(1 / val.meta["patient"].nunique())
+    # the statistic the utility axis reports on the test patients, computed its way
+    noisy = np.random.default_rng(0).integers(0, 4, val.masks.shape).astype(np.uint8)
+    noisy = np.where(np.random.default_rng(1).random(val.masks.shape) < 0.7, val.masks, noisy)
+    _, volumes = utility.score_volumes(noisy, val.masks, val.meta, 1.0)
+    expected = utility.per_patient(volumes)["dice_mean"].mean()
+    assert segmenters.validation_dice(FixedSegmenter(noisy), val) == pytest.approx(expected)
     no_val = slices.select(slices.meta["split"].to_numpy() != "val")
     assert segmenters.validation_set(no_val) is None
 
@@ -266,6 +272,11 @@ def test_the_segmenter_budget_axis_trains_each_fraction_with_its_own_schedule(ti
     assert table.loc[table.regime != "real", "delta_vs_real"].notna().all()
     half = pd.read_csv(paths.checkpoints / "utility" / "real_none_n2_seed0_budget0.5" / "loss.csv")
     assert half["step"].max() == 20 and half["lr"].iloc[-1] == pytest.approx(0.0, abs=1e-12)  # its own decay to 0
+    run, whole = utility.Run("real", "none", 2, 0, budget=0.5), utility.Run("real", "none", 2, 0)
+    cfg = utility.train_config(p, run, validates=True)
+    assert cfg.warmup_steps == round(p.utility.segmenter.warmup_steps * 0.5)  # the warm-up scaled with the budget
+    assert cfg.seed == utility.train_config(p, whole, validates=True).seed  # the same start as the whole budget
+    assert cfg.val_every * (p.utility.segmenter.val_checks - 1) < cfg.steps <= cfg.val_every * p.utility.segmenter.val_checks
     real_only = p.model_copy(update={"utility": p.utility.model_copy(update={"regimes": ["real"]})})
     assert utility.against_segmenter_budget(real_only, paths, slices, splits, arms=("ddpm",))["regime"].eq("real").all()
     assert utility.against_training_step(real_only, paths, slices, splits, arms=("ddpm",)).empty

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from ..labels import NUM_CLASSES
 
 # augmentation while training (``SegmentationModel(augment=...)``):
-#   flips: random horizontal and vertical flips (the reference segmenter of the fidelity axis; the default)
+#   flips: random horizontal and vertical flips (the model's default, so that older checkpoints load; the study's
+#          segmenters take ``SegmenterParams.augment``, monai by default)
 #   monai: MONAI random flips, small rotations (up to ``max_rotation_deg``), intensity scaling and shifting
 #   none:  no augmentation
 AUGMENTATIONS = ("flips", "monai", "none")
@@ -78,7 +79,7 @@ class SegmentationModel(nn.Module):
     def augmented(self, x: Tensor, cond: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """The batch after this model's augmentation, every random draw taken from ``generator`` (for ``monai``, one
         seed per batch seeds the transforms' NumPy state): the same generator state gives the same batch."""
-        if self.augment == "flips":  # one draw per batch (the reference segmenter's behaviour, kept bit-exact)
+        if self.augment == "flips":  # one draw per batch (as before the option existed, kept bit-exact)
             flip = torch.rand(2, generator=generator, device=x.device) < 0.5
             dims = [d for d, f in zip((-1, -2), flip.tolist()) if f]
             return (x.flip(dims), cond.flip(dims)) if dims else (x, cond)
