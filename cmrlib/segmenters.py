@@ -40,7 +40,7 @@ def build(p: SegmenterParams) -> SegmentationModel:
 
 def train_config(p: SegmenterParams, seed: int, validates: bool, steps: int | None = None) -> training.TrainConfig:
     """The loop's settings for a segmenter budget ``p`` (or ``steps`` of it, the warm-up scaled alike): one kept
-    checkpoint (the last), four saves per run, ``p.val_checks`` validations when ``validates``."""
+    checkpoint (the last), four saves per run, at most ``p.val_checks`` validations when ``validates``."""
     steps = p.steps if steps is None else steps
     warmup = p.warmup_steps if steps == p.steps else round(p.warmup_steps * steps / p.steps)
     val_every = math.ceil(steps / p.val_checks) if validates and p.val_checks else 0  # at most val_checks checks
