@@ -6,7 +6,7 @@ deterministic map first (the LDM's encoder) defines ``model.training_inputs(x)``
 once, and ``loss`` takes its output. The loop owns everything else, in four parts:
 :class:`TrainingState` (AdamW, a linear warm-up then cosine decay to 0, gradient clipping, an EMA with warm-up, the
 random generators, with its state dict), :class:`Checkpointer` (atomic saves, resume, the same-run check),
-:class:`LossLog` (``loss.csv``) and :func:`train`, the loop that ties them with a tqdm bar: automatic, bit-exact resume. Budgets are in optimisation steps, and copies of
+:class:`RunLog` (``loss.csv``, ``validation.csv``) and :func:`train`, the loop that ties them with a tqdm bar: automatic, bit-exact resume. Budgets are in optimisation steps, and copies of
 the checkpoint are kept at fractions of the budget (``step_0000250.pt`` ...) so that evaluation can report every
 axis against training compute.
 
@@ -328,10 +328,8 @@ def _check_same_run(ckpt: dict[str, Any], path: Path, expected: dict[str, Any]) 
     finished = ckpt.get("step", 0) >= expected["train_config"]["steps"]
     execution = () if finished else ("num_processes", "mixed_precision", "device_type")
     lines = []
-    for section, ignore in (("config", frozenset()), ("train_config", _RESUMABLE_KEYS)):
-        stored, current = ckpt.get(section) or {}, expected[section]
-        if section == "train_config":
-            stored = {**_ADDED_KEYS, **stored}
+    for section, ignore, added in (("config", frozenset(), {}), ("train_config", _RESUMABLE_KEYS, _ADDED_KEYS)):
+        stored, current = {**added, **(ckpt.get(section) or {})}, expected[section]
         for k in _diff_keys(stored, current, ignore):
             lines.append(f"{section}.{k}: checkpoint {stored.get(k, '<missing>')!r}, now {current.get(k, '<missing>')!r}")
     for key in ("model_class", "data", *execution):
@@ -361,10 +359,14 @@ class Checkpointer:
         _check_same_run(ckpt, self.last_path, self.identity)
         return ckpt
 
-    def due(self, step: int) -> list[Path]:
-        """Where the checkpoint of ``step`` goes: a kept copy at a kept step (with last.pt, so that a kept file never
-        outlives the run it belongs to), last.pt every ``checkpoint_every`` steps and at the end; [] otherwise."""
-        paths = [self.out_dir / _kept_name(step)] if step in self.kept else []
+    def due(self, step: int, best: bool = False) -> list[Path]:
+        """Where the checkpoint of ``step`` goes: best.pt first when it is the best on validation; a kept copy at a
+        kept step; last.pt with either (so that a kept file never outlives the run it belongs to, and a resume never
+        starts behind the best checkpoint on disk: a replay on a GPU need not reproduce its score), every
+        ``checkpoint_every`` steps and at the end; [] otherwise."""
+        paths = [self.out_dir / BEST] if best else []
+        if step in self.kept:
+            paths.append(self.out_dir / _kept_name(step))
         if paths or step % self.config.checkpoint_every == 0 or step == self.config.steps:
             paths.append(self.last_path)
         return paths
@@ -401,7 +403,7 @@ def _truncate_log(path: Path, step: int, columns: list[str]) -> None:
         log[log["step"] <= step].to_csv(tmp, index=False)
 
 
-class LossLog:
+class RunLog:
     """A log of a run (``loss.csv``, or ``validation.csv`` with its ``columns``), written by the main process only:
     cut back to the resumed step, its header on disk before the first row (so that a kill leaves a readable log),
     each row flushed as it is written."""
@@ -665,8 +667,8 @@ def train(
     if ckpt is not None:
         state.load_state_dict(ckpt)
     resumed_from = state.step
-    log = LossLog(out_dir / LOSS_CSV, state.step, accelerator.is_main_process)
-    val_log = (LossLog(out_dir / VALIDATION_CSV, state.step, accelerator.is_main_process, VALIDATION_COLUMNS)
+    log = RunLog(out_dir / LOSS_CSV, state.step, accelerator.is_main_process)
+    val_log = (RunLog(out_dir / VALIDATION_CSV, state.step, accelerator.is_main_process, VALIDATION_COLUMNS)
                if config.val_every else None)
     x, cond = x.to(state.device), None if cond is None else cond.to(state.device)
     x = training_inputs(state.net, x)
@@ -685,17 +687,14 @@ def train(
                 postfix.update(loss=f"{row[1]:.4g}", lr=f"{row[2]:.2e}")
                 bar.set_postfix(postfix, refresh=False)
             bar.update(1)
-            paths = checkpoints.due(state.step)
+            best = False
             if val_log is not None and (state.step % config.val_every == 0 or state.step == config.steps):
-                if state.validate(validate, desc):
-                    # best.pt, then last.pt with it: a resume never starts behind the best checkpoint on disk (a replay on
-                    # a GPU need not reproduce its score), and a last.pt never names a best.pt not yet written
-                    paths = [out_dir / BEST, *[p for p in paths if p.name != LAST], checkpoints.last_path]
+                best = state.validate(validate, desc)
                 val_log.write([state.step, state.last_score, state.best_step,
                                round(state.elapsed0 + time.perf_counter() - t0, 3)])
                 postfix["val"] = f"{state.last_score:.4g}"
                 bar.set_postfix(postfix, refresh=False)
-            if paths:
+            if paths := checkpoints.due(state.step, best):
                 saved = state.state_dict(state.elapsed0 + time.perf_counter() - t0)  # collectives on every process
                 if saved is not None:
                     checkpoints.save(saved, paths)

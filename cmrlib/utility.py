@@ -313,16 +313,27 @@ def _train_and_score(params: StudyParams, paths: RunPaths, slices: SliceSet, spl
     return out
 
 
+def _split_rows(slices: SliceSet, names: list[str]) -> dict[str, np.ndarray]:
+    """The rows of ``slices`` of each split named (the evaluation sets of :func:`_train_and_score`)."""
+    return {name: np.flatnonzero(slices.meta["split"].to_numpy() == name) for name in names}
+
+
+def _train_and_score_all(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, runs: list[Run],
+                         sets: dict[str, np.ndarray], desc: str) -> list[dict]:
+    """:func:`_train_and_score` for every run, ``utility.workers`` at once (:func:`cmrlib.parallel.map_jobs`)."""
+    workers = params.utility.workers
+    return map_jobs(_train_and_score, runs, workers, (params, paths, slices, splits, sets, workers == 1), desc)
+
+
 def run_all(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, arms=None) -> Results:
     """Train (or load) every run of :func:`plan` and score it on every evaluation set, ``utility.workers`` runs at
     once (:func:`cmrlib.parallel.map_jobs`)."""
-    sets = {name: np.flatnonzero(slices.meta["split"].to_numpy() == name) for name in eval_sets(splits)}
+    sets = _split_rows(slices, eval_sets(splits))
     empty = [name for name, rows in sets.items() if len(rows) == 0]
     if empty:
         raise ValueError(f"evaluation sets {empty} of splits.json have no slices in data/: re-run the notebook 00_data")
     runs = plan(params, splits, arms)
-    workers = params.utility.workers
-    done = map_jobs(_train_and_score, runs, workers, (params, paths, slices, splits, sets, workers == 1), "utility runs")
+    done = _train_and_score_all(params, paths, slices, splits, runs, sets, "utility runs")
     volumes = pd.concat([v for d in done for v in d["volumes"]], ignore_index=True)
     patients = per_patient(volumes, by=["regime", "arm", "n_real_patients", "seed", "run", "eval_set"])
     return Results(pd.DataFrame([d["model"] for d in done]), pd.concat([s for d in done for s in d["slices"]], ignore_index=True),
@@ -344,9 +355,8 @@ def against_training_step(params: StudyParams, paths: RunPaths, slices: SliceSet
     n, seed = n_real_grid(params, splits)[0], u.seeds[0]
     runs = [Run("real+synthetic", arm, n, seed, step) for arm in arms
             for step in training.kept_checkpoints(paths.checkpoints / arm)]
-    test = {"test": np.flatnonzero(slices.meta["split"].to_numpy() == "test")}
-    done = map_jobs(_train_and_score, runs, u.workers, (params, paths, slices, splits, test, u.workers == 1),
-                    "utility against training step")
+    done = _train_and_score_all(params, paths, slices, splits, runs, _split_rows(slices, ["test"]),
+                                "utility against training step")
     out = []
     for run, d in zip(runs, done):
         pp = per_patient(d["volumes"][0])
@@ -374,9 +384,8 @@ def against_segmenter_budget(params: StudyParams, paths: RunPaths, slices: Slice
         return pd.DataFrame()
     n, seed = n_real_grid(params, splits)[0], u.seeds[0]
     runs = [Run(regime, arm, n, seed, budget=f) for f in [*u.segmenter_budgets, None] for regime, arm in kinds]
-    test = {"test": np.flatnonzero(slices.meta["split"].to_numpy() == "test")}
-    done = map_jobs(_train_and_score, runs, u.workers, (params, paths, slices, splits, test, u.workers == 1),
-                    "utility against segmenter budget")
+    done = _train_and_score_all(params, paths, slices, splits, runs, _split_rows(slices, ["test"]),
+                                "utility against segmenter budget")
     dice = {run: per_patient(d["volumes"][0]).set_index("patient")["dice_mean"] for run, d in zip(runs, done)}
     boot = lambda values, what: bootstrap_mean(values, None, n_boot=u.bootstrap, level=u.confidence,
                                                seed=seed_for(params.seed, "bootstrap", "utility", "segmenter budget", what))[0]
