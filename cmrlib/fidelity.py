@@ -16,8 +16,11 @@ Sets compared (rows of the tables):
   baseline of the paired metrics (they reward blur, so a generator must beat it).
 
 Intervals: paired metrics and mask faithfulness by a percentile bootstrap over test patients
-(:func:`cmrlib.stats.bootstrap_mean`); KID as mean +- one standard deviation over random subsets; diversity by a
-bootstrap over image pairs; FID, precision, recall, density and coverage are point values.
+(:func:`cmrlib.stats.bootstrap_mean`); FID and KID by a bias-corrected bootstrap over the real set's patients and the
+generated images (:func:`cmrlib.stats.bootstrap_two_sample`, ``fidelity.distance_bootstrap`` draws), KID's estimate
+the mean over random subsets smaller than either set; diversity by a bootstrap over image pairs; precision, recall,
+density and coverage are point values. Where the features outnumber the images of a set, its covariance is singular
+and FID unreliable: a warning is raised and the row's interval text says so.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import generation, metrics, registry, report, segmenters, training
+from . import claims, generation, metrics, registry, report, segmenters, training
 from .data.records import SliceSet
 from .jsonio import write_json
 from .labels import FOREGROUND
@@ -39,7 +42,7 @@ from .models import SegmentationModel
 from .params import StudyParams
 from .paths import RunPaths
 from .seeds import seed_for
-from .stats import bootstrap_mean, format_interval
+from .stats import bootstrap_mean, bootstrap_two_sample, format_interval
 
 STAGE = "30_fidelity"
 STRUCTURES = list(FOREGROUND.values())  # LV, MYO, RV
@@ -69,6 +72,7 @@ class Reference:
     features: np.ndarray  # the real test images in the chosen feature space
     seg_features: np.ndarray  # ... and in the seg space (steps and checkpoint curves)
     train_images: np.ndarray
+    train_patients: np.ndarray
     space: metrics.FeatureSpace
     seg_space: metrics.FeatureSpace
     counts: dict = field(default_factory=dict)
@@ -89,7 +93,8 @@ def reference(params: StudyParams, slices: SliceSet, segmenter: SegmentationMode
     feats = seg_feats if space.name == "seg" else space(images)
     train = slices.split("train")
     return Reference(images=images, masks=slices.masks[rows], rows=rows, patients=slices.meta["patient"].to_numpy()[rows],
-                     features=feats, seg_features=seg_feats, train_images=train.images, space=space, seg_space=seg_space,
+                     features=feats, seg_features=seg_feats, train_images=train.images,
+                     train_patients=train.meta["patient"].to_numpy(), space=space, seg_space=seg_space,
                      counts={"test_slices": len(rows), "test_patients": int(len(set(slices.meta["patient"].to_numpy()[rows]))),
                              "train_slices": len(train), "train_patients": int(train.meta["patient"].nunique())})
 
@@ -107,13 +112,24 @@ def _boot_rows(set_name: str, names: list[str], values: np.ndarray, groups, para
             for name, iv in zip(names, intervals)]
 
 
-def distribution_rows(set_name: str, real: np.ndarray, fake: np.ndarray, params: StudyParams) -> list[dict]:
-    """FID, KID (mean +- std over subsets), precision / recall / density / coverage of ``fake`` against ``real``."""
+def distribution_rows(set_name: str, real: np.ndarray, fake: np.ndarray, params: StudyParams, real_groups: np.ndarray,
+                      fake_groups: np.ndarray | None = None) -> list[dict]:
+    """FID and KID with bootstrap intervals over ``real_groups`` (patients) and ``fake_groups`` (None: each generated
+    image its own), and precision / recall / density / coverage of ``fake`` against ``real``."""
     f = params.fidelity
+    fake_groups = np.arange(len(fake)) if fake_groups is None else fake_groups
     k = metrics.kid(real, fake, n_subsets=f.kid_subsets, subset_size=f.kid_subset_size, seed=seed_for(params.seed, "kid", set_name))
-    out = [_row(set_name, "fid", metrics.fid(real, fake), n=len(fake)),
-           _row(set_name, "kid", k["mean"], k["mean"] - k["std"], k["mean"] + k["std"],
-                f"mean +- 1 std over {k['n_subsets']} subsets of {k['subset_size']}", len(fake))]
+    note = ""
+    if real.shape[1] >= min(len(real), len(fake)):
+        note = f"; {real.shape[1]} features for {min(len(real), len(fake))} images: singular covariance, FID unreliable"
+        warnings.warn(f"fidelity set {set_name}: {note[2:]} (use more images, or a feature space of fewer dimensions)", stacklevel=2)
+    out = []
+    for name, statistic, estimate in (("fid", lambda r, g: metrics.fid(real[r], fake[g]), None),
+                                      ("kid", lambda r, g: metrics.mmd2(real[r], fake[g]), k["mean"])):
+        iv = bootstrap_two_sample(statistic, real_groups, fake_groups, n_boot=f.distance_bootstrap, level=f.confidence,
+                                  seed=seed_for(params.seed, "bootstrap", name, set_name))
+        text = f"{iv.level:.0%} {iv.method}" + (f"; estimate: mean over {k['n_subsets']} subsets of {k['subset_size']}" if name == "kid" else "")
+        out.append(_row(set_name, name, iv.estimate if estimate is None else estimate, iv.low, iv.high, text + note, len(fake)))
     if min(len(real), len(fake)) > f.k_nearest:
         out += [_row(set_name, name, value, n=len(fake)) for name, value in metrics.prdc(real, fake, k=f.k_nearest).items()]
     return out
@@ -126,9 +142,10 @@ def _diversity_rows(set_name: str, images: np.ndarray, params: StudyParams) -> l
 
 
 def evaluate_arm(params: StudyParams, paths: RunPaths, arm: str, ref: Reference, segmenter: SegmentationModel,
-                 step: int | None = None) -> list[dict]:
+                 step: int | None = None, units: list | None = None) -> list[dict]:
     """Every metric of one arm (long form: set, metric, estimate, low, high, interval, n); with ``step``, of its kept
-    checkpoint at that step (set ``<arm>@<step>``: its paired set and its synthetic subset)."""
+    checkpoint at that step (set ``<arm>@<step>``: its paired set and its synthetic subset). ``units``: a list to
+    which the per-slice mask faithfulness is appended (:func:`cmrlib.claims.units_frame`)."""
     f = params.fidelity
     name = arm if step is None else f"{arm}@{step}"
     paired = generation.load_samples(paths, arm, "paired" if step is None else f"paired_step{step}")
@@ -136,7 +153,7 @@ def evaluate_arm(params: StudyParams, paths: RunPaths, arm: str, ref: Reference,
     order = _align(paired["rows"], ref.rows)
     real, masks, patients = ref.images[order], ref.masks[order], ref.patients[order]
     images = paired["images"]
-    out = distribution_rows(name, ref.features, ref.space(synthetic["images"]), params)
+    out = distribution_rows(name, ref.features, ref.space(synthetic["images"]), params, ref.patients)
     out.append(_row(name, "fid_paired", metrics.fid(ref.features, ref.space(images)), n=len(images)))
     values = metrics.paired_metrics(images, real, f.kernel_size)
     out += _boot_rows(name, list(values), np.column_stack(list(values.values())), patients, params, f"paired/{name}", "test patients")
@@ -144,6 +161,9 @@ def evaluate_arm(params: StudyParams, paths: RunPaths, arm: str, ref: Reference,
     dice = _with_mean(segmenters.mask_faithfulness(segmenter, images, masks))
     out += _boot_rows(name, DICE + ["dice_mean"], dice, patients, params, f"dice/{name}", "test patients")
     out += _diversity_rows(name, synthetic["images"], params)
+    if units is not None:
+        units.append(claims.units_frame("mask_dice", arm, 1.0 if step is None else claims.fraction(params, arm, step), 0,
+                                        patients, paired["rows"], dice[:, -1]))
     return out
 
 
@@ -161,7 +181,7 @@ def evaluate_references(params: StudyParams, ref: Reference, segmenter: Segmenta
     """The ``real`` rows (real train against real test; the segmenter on real test images) and the ``mean image``
     baseline rows of the paired metrics."""
     f = params.fidelity
-    out = distribution_rows("real", ref.features, ref.space(ref.train_images), params)
+    out = distribution_rows("real", ref.features, ref.space(ref.train_images), params, ref.patients, ref.train_patients)
     dice = _with_mean(segmenters.mask_faithfulness(segmenter, ref.images, ref.masks))
     out += _boot_rows("real", DICE + ["dice_mean"], dice, ref.patients, params, "dice/real", "test patients")
     out += _diversity_rows("real", ref.images, params)
@@ -175,11 +195,13 @@ def evaluate(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: Se
              degraded: bool = True) -> pd.DataFrame:
     """Every metric of every arm (default: every registered one), then (``degraded``) of each arm's earliest kept
     checkpoint (``<arm>@<step>``, the under-trained control every metric should rank below), then the ``real`` and
-    ``mean image`` reference rows."""
+    ``mean image`` reference rows. The final models' per-slice mask faithfulness goes to ``metrics/units/fidelity.csv``
+    (:mod:`cmrlib.claims`)."""
     arms = registry.names() if arms is None else arms
-    rows = []
+    rows, units = [], []
     for arm in arms:
-        rows += evaluate_arm(params, paths, arm, ref, segmenter)
+        rows += evaluate_arm(params, paths, arm, ref, segmenter, units=units)
+    claims.save_units(paths, "fidelity", units)
     for arm in arms if degraded else ():
         kept = sorted(training.kept_checkpoints(paths.checkpoints / arm))
         if len(kept) > 1 and (paths.samples / arm / f"paired_step{kept[0]}.npz").exists():
@@ -275,9 +297,10 @@ def steps_against_quality(params: StudyParams, paths: RunPaths, ref: Reference, 
 
 def quality_against_training_step(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: SegmentationModel, arms=None) -> pd.DataFrame:
     """FID (seg space) and mask faithfulness (with its bootstrap interval over test patients) of the paired set of every
-    kept checkpoint (``paired_step<N>.npz``), with the training wall time the checkpoint had cost."""
+    kept checkpoint (``paired_step<N>.npz``), with the training wall time the checkpoint had cost. The per-slice mask
+    faithfulness of every checkpoint before the last goes to ``metrics/units/fidelity_steps.csv``."""
     arms = registry.names() if arms is None else arms
-    rows = []
+    rows, units = [], []
     for arm in arms:
         table = generation.samples_table(paths, arm).set_index("file")
         files = sorted((paths.samples / arm).glob("paired_step*.npz"), key=lambda p: int(p.stem.removeprefix("paired_step")))
@@ -287,10 +310,15 @@ def quality_against_training_step(params: StudyParams, paths: RunPaths, ref: Ref
             order = _align(sample_rows, ref.rows)
             per_image = _with_mean(segmenters.mask_faithfulness(segmenter, images, ref.masks[order]))
             interval = _boot_rows(arm, ["dice_mean"], per_image[:, -1], ref.patients[order], params, f"checkpoint/{arm}/{path.stem}", "test patients")[0]
-            rows.append({"arm": arm, "step": int(path.stem.removeprefix("paired_step")), "n": len(images),
+            step = int(path.stem.removeprefix("paired_step"))
+            if claims.fraction(params, arm, step) < 1:
+                units.append(claims.units_frame("mask_dice", arm, claims.fraction(params, arm, step), 0, ref.patients[order],
+                                                sample_rows, per_image[:, -1]))
+            rows.append({"arm": arm, "step": step, "n": len(images),
                          "train_elapsed_s": float(table.loc[path.name, "train_elapsed_s"]),
                          **_quality(ref, images, per_image),
                          "dice_mean_low": interval["low"], "dice_mean_high": interval["high"]})
+    claims.save_units(paths, "fidelity_steps", units)
     return pd.DataFrame(rows)
 
 

@@ -12,9 +12,8 @@ Reads ``metrics/fidelity.json``, ``metrics/utility.json`` and ``metrics/privacy.
 
 With ``paper.publish_dir`` set (the default run: ``paper/`` of the repository) the folder is copied there.
 
-Verdicts on claims use the intervals only: a claim that arm A is best on a metric is *confirmed* when A's interval
-lies entirely on the better side of every other arm's, *refuted* when another arm's interval lies entirely on the
-better side of A's, and *inconclusive* otherwise (overlapping intervals, or a point value without interval).
+Verdicts on claims come from paired differences between arms on the same units (:mod:`cmrlib.claims`); the trade-off
+table shows each arm's own estimate and interval beside them.
 """
 
 from __future__ import annotations
@@ -50,27 +49,6 @@ AXES = [
     ("privacy", "mia_auc", "membership AUC (ours)", "lower"),
     ("privacy", "copy_share", "share flagged as copies", "lower"),
     ("privacy", "dcr_score", "DCR score (0.5: no closer than unseen)", "lower"),
-]
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A headline claim of the reference study, as a comparison on one metric of the trade-off table."""
-
-    key: str
-    text: str
-    metric: str
-    subject: str
-    kind: str = "best"  # best: subject better than every other arm; below: subject worse than `other`
-    other: str | None = None
-
-
-CLAIMS = [
-    Claim("fidelity_ddpm_best", "DDPM gives the best fidelity", "mask_dice", "ddpm"),
-    Claim("utility_ddpm_best", "DDPM gives the best utility with limited data", "utility_dice", "ddpm"),
-    Claim("privacy_ddpm_best", "DDPM gives the best privacy", "mia_auc", "ddpm"),
-    Claim("privacy_fm_best", "FM shows the most promising privacy", "mia_auc", "fm"),
-    Claim("utility_fm_below_ddpm", "FM gives (slightly) lower segmentation performance than DDPM", "utility_dice", "fm", "below", "ddpm"),
 ]
 
 
@@ -167,40 +145,6 @@ def trade_off(results: dict[str, dict], arms=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# -- verdicts --------------------------------------------------------------------------------------------------------
-def _better_than(a: pd.Series, b: pd.Series, better: str) -> bool:
-    """a's interval entirely on the better side of b's."""
-    return bool(a.low > b.high) if better == "higher" else bool(a.high < b.low)
-
-
-def judge(claim: Claim, table: pd.DataFrame) -> dict:
-    """The verdict on one claim, decided by the intervals of ``table`` (see the module docstring)."""
-    rows = table[table.metric == claim.metric].set_index("arm")
-    others = [claim.other] if claim.kind == "below" else [a for a in rows.index if a in registry.names() and a != claim.subject]
-    missing = [a for a in [claim.subject, *others] if a not in rows.index or not np.isfinite(rows.loc[a, ["low", "high"]].astype(float)).all()]
-    if missing:
-        return {"claim": claim.text, "metric": claim.metric, "verdict": "inconclusive", "reason": f"no interval for {', '.join(missing)}"}
-    better = rows.loc[claim.subject, "better"]
-    s = rows.loc[claim.subject]
-    if claim.kind == "below":
-        o = rows.loc[claim.other]
-        verdict = "confirmed" if _better_than(o, s, better) else "refuted" if _better_than(s, o, better) else "inconclusive"
-    else:
-        if all(_better_than(s, rows.loc[o], better) for o in others):
-            verdict = "confirmed"
-        elif any(_better_than(rows.loc[o], s, better) for o in others):
-            verdict = "refuted"
-        else:
-            verdict = "inconclusive"
-    intervals = "; ".join(f"{registry.label(a)} {format_interval(rows.loc[a, 'estimate'], rows.loc[a, 'low'], rows.loc[a, 'high'])}"
-                          for a in [claim.subject, *others])
-    return {"claim": claim.text, "metric": claim.metric, "verdict": verdict, "reason": intervals}
-
-
-def verdicts(table: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
-    return pd.DataFrame([{"key": c.key, **judge(c, table)} for c in claims])
-
-
 BUDGET_METRICS = {"mask_dice": ("fidelity", "dice_mean"), "utility_dice": ("utility", "dice_mean"), "mia_auc": ("privacy", "mia_auc"),
                   "copy_share": ("privacy", "copy_share")}
 
@@ -226,25 +170,6 @@ def budget_curves(results: dict[str, dict], params: StudyParams) -> pd.DataFrame
     return curves.sort_values(["fraction", "arm"]).reset_index(drop=True)
 
 
-def budget_verdicts(curves: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
-    """The reference study's claims judged again at each fraction of the training budget (same rules as
-    :func:`verdicts`): where a verdict changes with the budget, the paper says at which fraction."""
-    labels = {key: (label, better) for _, key, label, better in AXES}
-    out = []
-    for fraction, rows in curves.groupby("fraction"):
-        long = []
-        for r in rows.itertuples():
-            for metric in BUDGET_METRICS:
-                if metric in rows and metric in labels:
-                    long.append({"arm": r.arm, "metric": metric, "label": labels[metric][0], "better": labels[metric][1],
-                                 "estimate": getattr(r, metric), "low": getattr(r, f"{metric}_low", math.nan),
-                                 "high": getattr(r, f"{metric}_high", math.nan)})
-        table = pd.DataFrame(long)
-        if not table.empty:
-            out.append(verdicts(table, [c for c in claims if c.metric in set(table.metric)]).assign(fraction=fraction))
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=["key", "claim", "metric", "verdict", "reason", "fraction"])
-
-
 # -- numbers ---------------------------------------------------------------------------------------------------------
 def fmt(value: float, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -260,8 +185,8 @@ def _macro(name: str) -> str:
 
 def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, claims: pd.DataFrame,
             by_budget: pd.DataFrame | None = None) -> dict[str, str]:
-    """Every number the manuscript quotes, formatted as it is printed (name -> text); ``by_budget``: the claims
-    judged at each fraction of the budget (:func:`budget_verdicts`)."""
+    """Every number the manuscript quotes, formatted as it is printed (name -> text); ``claims``: the verdicts at the
+    whole budget, ``by_budget``: at every fraction of it (:func:`cmrlib.claims.verdicts`)."""
     d, g = params.data, params.generators
     out = {
         "image_size": str(d.image_size), "spacing_mm": fmt(d.spacing_mm, 1), "crop_mm": fmt(d.crop_mm, 0),
@@ -282,6 +207,9 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
         "reference_protocol": "applicable" if reference_protocol_applies(results["privacy"]) else "not applicable",
         "reference_protocol_reason": str(_reference_status(results["privacy"]).get("reason") or "").removeprefix(
             "not applicable: "),
+        "alpha": fmt(params.paper.alpha, 2), "claims_bootstrap": str(params.paper.bootstrap),
+        "margin_mask_dice": fmt(params.paper.margins.mask_dice, 3), "margin_utility_dice": fmt(params.paper.margins.utility_dice, 3),
+        "margin_mia_auc": fmt(params.paper.margins.mia_auc, 3), "n_utility_seeds": str(len(params.utility.seeds)),
     }
     for arm in registry.names():
         p = registry.get(arm).params(params)
@@ -373,7 +301,8 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
         "The reference protocol (non-members from another vendor) and its domain-shift control are not applicable: "
         f"{n['reference_protocol_reason'] or 'the run has no cross-domain set'}.")
     deltas = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_utility_delta')}" for a in registry.names())
-    verdict_text = "; ".join(f"*{r.claim}*: **{n[f'claim_{r.key}']}**" for r in claims.itertuples())
+    verdict_text = ("; ".join(f"*{r.claim}*: **{n[f'claim_{r.key}']}**" for r in claims.itertuples())
+                    or "no paired comparisons: the axis notebooks wrote no units (metrics/units/)")
     seg_budgets = sorted({k.split("pct_")[0].removeprefix("segmenter_budget_") + "pct" for k in n
                           if re.fullmatch(r"segmenter_budget_[\d_]+pct_.+_delta", k)},
                          key=lambda v: float(v[:-3].replace("_", ".")))
@@ -418,6 +347,19 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
               f"flags, distance to closest record against held-out patients, and membership inference from each model's own "
               f"error at {n['n_snr']} matched signal-to-noise ratios ({n['mia_draws']} noise draw{'s' if n['mia_draws'] != 1 else ''} each), members = training "
               f"slices, non-members = held-out slices. Intervals: {n['confidence']}% percentile bootstrap over patients."),
+        ("p", f"**Claims.** Every arm is scored on the same units (test slices for mask faithfulness; test patients and "
+              f"{n['n_utility_seeds']} segmenter seed{'s' if n['n_utility_seeds'] != '1' else ''} for utility; member and held-out "
+              "slices for membership), so arms are compared by their paired difference, bootstrapped over seeds and then "
+              f"patients ({n['claims_bootstrap']} draws). Each table of claims (one per fraction of the training budget) is one "
+              f"family: its p-values are Holm-adjusted at a family-wise error rate of {n['alpha']}. A difference is *equivalent* when "
+              f"two one-sided tests place it within the margin ({n['margin_mask_dice']} Dice for mask faithfulness, "
+              f"{n['margin_utility_dice']} Dice for utility, {n['margin_mia_auc']} for membership AUC), else *better* or *worse* when it "
+              "differs from 0, else unclear. Privacy claims read the loss attack's AUC by its distance from 0.5, so an AUC below "
+              "chance is no better privacy than the same distance above it. A claim that an arm is best is *confirmed* when it "
+              "is better than every other arm, *refuted* when it is worse than one, *equivalent* when it ties within the margin "
+              "with some and beats the rest, and *inconclusive* otherwise. An arm gives the *best balance* when it is not worse "
+              "than any other arm by more than the margin on fidelity, utility and privacy (non-inferiority) and better than "
+              "some arm on at least one of them."),
         ("h2", "Results"),
         ("fig", "paper_samples", "The paired set: real test masks, the image each arm generated from them, and the real image."),
         ("p", f"**Fidelity.** Mask faithfulness: {arms} (real images: {n.get('real_mask_dice', 'n/a')})."),
@@ -431,7 +373,8 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
         ("fig", "paper_trade_off", "The trade-off: each arm on fidelity, utility and privacy, with intervals."),
         ("table", "trade_off", "Each arm on the three axes (estimate, interval)."),
         ("p", f"**The reference study's claims.** {verdict_text}."),
-        ("table", "claims", "The reference study's claims, decided by the intervals."),
+        ("table", "claims", "The reference study's claims and each arm's balance claim, decided by paired differences "
+                            "(the comparisons: tables/claims_comparisons)."),
         ("p", f"**Compute as an axis.** Each arm was also evaluated at its earlier kept checkpoints (fractions of its own "
               f"step budget); the claims judged again at each: {budget_text}."),
         ("fig", "paper_budgets", "Fidelity, utility and privacy against training steps per arm (intervals where measured)."),
@@ -539,6 +482,6 @@ def publish(params: StudyParams, folder: Path) -> Path | None:
     return target
 
 
-__all__ = ["STAGE", "AXES", "CLAIMS", "Claim", "load_results", "trade_off", "judge", "verdicts", "budget_curves", "budget_verdicts",
+__all__ = ["STAGE", "AXES", "load_results", "trade_off", "budget_curves",
            "numbers", "save_numbers", "blocks", "render_markdown", "render_latex", "write_manuscript", "table_view",
            "copy_run_figures", "publish"]

@@ -50,6 +50,8 @@ class PhantomParams(_Section):
                                      "training patients of the two training domains")
     slices_per_volume: int = Field(default=8, ge=3, description="short-axis slices from base to apex")
     field_of_view_mm: float = Field(default=200.0, gt=0)
+    slice_spacing_mm: float = Field(default=10.0, gt=0, description="distance between adjacent short-axis slices (ACDC's "
+                                    "are 5 to 10 mm apart): the through-plane spacing of 3D HD95 and ASD")
 
 
 # what data.root must hold, per real source (the loaders in cmrlib.data say more)
@@ -92,6 +94,9 @@ class SourceParams(_Section):
     assumed_spacing_mm: float | None = Field(
         default=None, gt=0, description="in-plane spacing assumed where the files store none (acdc_h5); "
         "null: such pixels are taken at data.spacing_mm (no resampling)")
+    assumed_slice_spacing_mm: float | None = Field(
+        default=None, gt=0, description="through-plane spacing assumed where the files store none (acdc_h5; ACDC's "
+        "slices are 5 to 10 mm apart); null: unknown, and HD95 / ASD are computed per 2D slice")
     label_map: LabelMap | None = Field(
         default=None, description="file label value -> LV, MYO, RV or background, for a numbering other than the "
         "source's own (for example {200: MYO, 500: LV, 600: RV}); a value not listed is an error; null: the source's "
@@ -127,6 +132,7 @@ class DataParams(_Section):
         default="error", description="a corrupt or inconsistent case: stop naming the file (error), or leave it out, "
         "log it and list it in data/skipped_cases.csv (skip)")
     assumed_spacing_mm: float | None = SourceParams.model_fields["assumed_spacing_mm"]
+    assumed_slice_spacing_mm: float | None = SourceParams.model_fields["assumed_slice_spacing_mm"]
     info_csv: str | None = SourceParams.model_fields["info_csv"]
     csv: str = SourceParams.model_fields["csv"]
     label_map: LabelMap | None = SourceParams.model_fields["label_map"]
@@ -375,7 +381,8 @@ class FidelityParams(_Section):
     segmenter: SegmenterParams = SegmenterParams()
     k_nearest: int = Field(default=5, ge=1, description="k of precision / recall / density / coverage")
     kid_subsets: int = Field(default=100, ge=2)
-    kid_subset_size: int = Field(default=500, ge=2, description="KID subsets of min(this, n real, n generated)")
+    kid_subset_size: int = Field(default=500, ge=2, description="KID subsets of min(this, half the real set, half the generated set)")
+    distance_bootstrap: int = Field(default=200, ge=10, description="bootstrap draws of the FID and KID intervals (each draw recomputes FID)")
     kernel_size: int = Field(default=5, ge=3, description="Gaussian window of SSIM and MS-SSIM (the reference study's 5)")
     diversity_pairs: int = Field(default=500, ge=1, description="random pairs for the MS-SSIM diversity")
     bootstrap: int = Field(default=1000, ge=10, description="bootstrap draws (over patients) per interval")
@@ -459,7 +466,20 @@ class ExportParams(_Section):
     max_mia_auc: float = Field(default=0.6, ge=0.5, le=1, description="the privacy gate: largest membership AUC (upper interval bound not used)")
 
 
+class MarginParams(_Section):
+    """Equivalence margins of the claims (``docs/protocol.md#verdicts``): differences between arms smaller than these
+    do not matter."""
+
+    mask_dice: float = Field(default=0.01, gt=0, description="mask faithfulness, mean foreground Dice")
+    utility_dice: float = Field(default=0.01, gt=0, description="utility, mean foreground Dice of the segmenter")
+    mia_auc: float = Field(default=0.05, gt=0, description="membership AUC, as its distance from 0.5")
+
+
 class PaperParams(_Section):
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="family-wise error rate of each claims table (Holm across its comparisons)")
+    confidence: float = Field(default=0.95, gt=0, lt=1, description="level of the paired differences' intervals")
+    bootstrap: int = Field(default=1000, ge=10, description="bootstrap draws (seeds, then patients) per paired difference")
+    margins: MarginParams = MarginParams()
     publish_dir: str | None = Field(
         default=None, description="also copy the run's paper/ here (relative paths: to the repository); the default run publishes to paper/")
 

@@ -52,7 +52,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import generation, metrics, registry, report
+from . import claims, generation, metrics, registry, report
 from .data.records import SliceSet
 from .data.splits import in_cross_order
 from .jsonio import write_json
@@ -382,9 +382,22 @@ def attacks(params: StudyParams, ref: Reference, errors: dict[str, dict[str, np.
     return table[first + [c for c in table.columns if c not in first]], pd.DataFrame(roc)
 
 
+def loss_units(params: StudyParams, ref: Reference, arm: str, step: int | None, errors: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The loss attack's score (mean log error over the levels) of every member and holdout slice, as units of
+    :mod:`cmrlib.claims` (label 1 for members); ``step`` None for the final model."""
+    sets = [("train", 1), ("holdout", 0)]
+    return claims.units_frame(
+        "mia_auc", arm, 1.0 if step is None else claims.fraction(params, arm, step), 0,
+        np.concatenate([ref.sets[name].meta["patient"].to_numpy() for name, _ in sets]),
+        np.concatenate([[f"{name}/{i}" for i in range(len(errors[name]))] for name, _ in sets]),
+        mp.loss_scores(np.concatenate([errors[name] for name, _ in sets])),
+        np.concatenate([np.full(len(errors[name]), label) for name, label in sets]))
+
+
 def membership(params: StudyParams, paths: RunPaths, ref: Reference, arms=None) -> Membership:
     """Errors of every arm's model on the training, holdout and (where the run has one) cross-domain slices, and the
-    attacks of every applicable protocol."""
+    attacks of every applicable protocol. The loss attack's per-slice scores go to ``metrics/units/privacy.csv``
+    (:func:`loss_units`)."""
     arms = registry.names() if arms is None else arms
     errors, context, seconds = {}, {}, {}
     for arm in arms:
@@ -395,15 +408,17 @@ def membership(params: StudyParams, paths: RunPaths, ref: Reference, arms=None) 
                         "checkpoint_step": ckpt["step"], "weights": ckpt["weights"]}
         seconds[arm] = time.perf_counter() - start
     table, roc = attacks(params, ref, errors, context)
+    claims.save_units(paths, "privacy", [loss_units(params, ref, arm, None, errors[arm]) for arm in arms])
     return Membership(table, roc, errors, seconds, protocol_status(ref))
 
 
 def against_training_step(params: StudyParams, paths: RunPaths, ref: Reference, mia: Membership, arms=None) -> pd.DataFrame:
     """The compute axis: at every kept checkpoint of each arm, the membership AUC and TPR at 1% FPR of our protocol
     (calibrated attack, with intervals; the final checkpoint's errors are those of :func:`membership`) and the copy
-    share of that checkpoint's synthetic subset (:func:`cmrlib.generation.synthetic_by_step`). One row per (arm, step)."""
+    share of that checkpoint's synthetic subset (:func:`cmrlib.generation.synthetic_by_step`). One row per (arm, step).
+    The loss attack's scores at every checkpoint before the last go to ``metrics/units/privacy_steps.csv``."""
     arms = registry.names() if arms is None else arms
-    rows = []
+    rows, units = [], []
     for arm in arms:
         subsets = generation.synthetic_by_step(params, paths, arm)
         for step, subset in subsets.items():
@@ -413,6 +428,8 @@ def against_training_step(params: StudyParams, paths: RunPaths, ref: Reference, 
                 model, _ = generation.load_arm(params, paths, arm, step=step)
                 errors = {name: model_errors(params, model, s.images, s.masks, f"{arm} step {step} errors on {name}")
                           for name, s in (("train", ref.train), ("holdout", ref.holdout))}
+            if claims.fraction(params, arm, step) < 1:
+                units.append(loss_units(params, ref, arm, step, errors))
             r, _ = attack(params, errors["train"], errors["holdout"], ref.train.meta["patient"], ref.holdout.meta["patient"],
                           f"{arm}/ours/step{step}")
             cal = next(x for x in r if x["attack"] == "calibrated")
@@ -421,6 +438,7 @@ def against_training_step(params: StudyParams, paths: RunPaths, ref: Reference, 
             rows.append({"arm": arm, "step": int(step), "mia_auc": cal["auc"], "mia_auc_low": cal["auc_low"], "mia_auc_high": cal["auc_high"],
                          "mia_tpr_at_1fpr": cal["tpr_at_1fpr"], "copy_share": copy.estimate, "copy_share_low": copy.low,
                          "copy_share_high": copy.high, "n_synthetic": len(subset["images"])})
+    claims.save_units(paths, "privacy_steps", units)
     return pd.DataFrame(rows)
 
 

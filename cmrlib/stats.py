@@ -1,5 +1,6 @@
-"""The statistics of the study in one place: bootstrap intervals over groups (patients), paired tests, and the
-multiple-comparison correction across the comparisons the paper makes (``docs/protocol.md#statistics``).
+"""The statistics of the study in one place: bootstrap intervals over groups (patients), the hierarchical bootstrap
+over seeds and patients, paired comparisons with their tests against 0 and against an equivalence margin, and the
+multiple-comparison correction across the comparisons of one table (``docs/protocol.md#statistics``).
 
 Slices of one patient are not independent, so intervals resample *patients* with replacement and keep all their
 slices (the cluster bootstrap); a statistic that is a mean of per-slice values is then the mean over the drawn
@@ -115,19 +116,27 @@ def bootstrap_statistic(statistic: Callable[[np.ndarray], float], groups: np.nda
                     f"percentile bootstrap over {n_groups} groups, {n_boot} draws")
 
 
-def paired_wilcoxon(a: np.ndarray, b: np.ndarray) -> dict:
-    """Two-sided Wilcoxon signed-rank test of paired values (for example per-patient Dice of a regime against
-    real-only on the same patients); pairs with a NaN are dropped. Returns the median difference a - b, the number
-    of pairs and the p-value (NaN with fewer than two non-zero differences)."""
-    from scipy.stats import wilcoxon
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired values differ in shape: {a.shape} and {b.shape}")
-    ok = ~(np.isnan(a) | np.isnan(b))
-    diff = a[ok] - b[ok]
-    p = float(wilcoxon(diff).pvalue) if np.count_nonzero(diff) >= 2 else float("nan")
-    return {"median_difference": float(np.median(diff)) if len(diff) else float("nan"), "n_pairs": int(ok.sum()), "p_value": p}
+def bootstrap_two_sample(statistic: Callable[[np.ndarray, np.ndarray], float], groups_a: np.ndarray, groups_b: np.ndarray,
+                         *, n_boot: int = 200, level: float = 0.95, seed: int = 0) -> Interval:
+    """A statistic of two sets (``statistic(rows_a, rows_b)``, for example FID between real and generated features)
+    with a percentile bootstrap interval that resamples whole groups of each set (patients; one group per sample for
+    generated images). Resampling with replacement repeats samples, which biases a distance between sets upwards
+    (FID by far more than its own sampling error), so the draws are first shifted by their mean bias
+    (mean of the draws minus the estimate): a bias-corrected percentile interval."""
+    ga, gb = np.asarray(groups_a), np.asarray(groups_b)
+    members = [[np.flatnonzero(g == k) for k in np.unique(g)] for g in (ga, gb)]
+    rng = np.random.default_rng(seed)
+    estimate = float(statistic(np.arange(len(ga)), np.arange(len(gb))))
+    draws = []
+    for _ in range(n_boot):
+        rows = [np.concatenate([m[j] for j in rng.integers(0, len(m), len(m))]) for m in members]
+        draws.append(statistic(*rows))
+    draws = np.asarray(draws, dtype=np.float64)
+    draws = draws[np.isfinite(draws)]
+    alpha = (1 - level) / 2
+    low, high = np.quantile(draws - (draws.mean() - estimate), [alpha, 1 - alpha]) if len(draws) else (np.nan, np.nan)
+    n = f"{len(members[0])} and {len(members[1])} groups"
+    return Interval(estimate, float(low), float(high), level, len(members[0]), f"bias-corrected percentile bootstrap over {n}, {n_boot} draws")
 
 
 def holm(p_values) -> np.ndarray:
@@ -151,4 +160,92 @@ def mean_and_spread(values) -> dict:
     return {"mean": float(v.mean()) if len(v) else float("nan"), "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"), "n": int(len(v))}
 
 
-__all__ = ["Interval", "bootstrap_mean", "bootstrap_statistic", "paired_wilcoxon", "holm", "mean_and_spread"]
+# -- paired comparisons between arms ----------------------------------------------------------------------------------
+def bootstrap_draws(statistic: Callable[[np.ndarray, np.ndarray], float], groups: np.ndarray, *, n_seeds: int = 1,
+                    strata: np.ndarray | None = None, n_boot: int = 1000, seed: int = 0) -> tuple[float, np.ndarray]:
+    """The hierarchical bootstrap of ``statistic(seeds, rows)`` (seeds: indices of training seeds, rows: indices of
+    units): each draw resamples the ``n_seeds`` seeds with replacement, then whole ``groups`` (patients) with
+    replacement, separately within each stratum (for example members and non-members), and keeps all rows of a drawn
+    group. Returns the estimate on everything and the draws (NaN draws dropped)."""
+    groups = np.asarray(groups)
+    strata = np.zeros(len(groups), dtype=int) if strata is None else np.asarray(strata)
+    if len(strata) != len(groups):
+        raise ValueError(f"{len(strata)} strata labels for {len(groups)} group labels")
+    rows_of: dict = {}
+    for i, key in enumerate(zip(strata.tolist(), groups.tolist())):
+        rows_of.setdefault(key, []).append(i)
+    by_stratum: dict = {}
+    for (stratum, _), rows in rows_of.items():
+        by_stratum.setdefault(stratum, []).append(np.asarray(rows))
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_boot)
+    for b in range(n_boot):
+        seeds = rng.integers(0, n_seeds, n_seeds)
+        rows = [members[j] for members in by_stratum.values() for j in rng.integers(0, len(members), len(members))]
+        draws[b] = statistic(seeds, np.concatenate(rows))
+    return float(statistic(np.arange(n_seeds), np.arange(len(groups)))), draws[~np.isnan(draws)]
+
+
+def seeded_mean(values: np.ndarray) -> Callable[[np.ndarray, np.ndarray], float]:
+    """The statistic of :func:`bootstrap_draws` for ``values`` (seeds, units): the mean over the drawn seeds of the
+    NaN-ignoring mean over the drawn units."""
+    values = np.asarray(values, dtype=np.float64)
+
+    def statistic(seeds: np.ndarray, rows: np.ndarray) -> float:
+        part = values[np.ix_(seeds, rows)]
+        ok = ~np.isnan(part)
+        counts = ok.sum(1)
+        if not counts.all():
+            return float("nan")
+        return float((np.where(ok, part, 0.0).sum(1) / counts).mean())
+
+    return statistic
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A difference between two arms on the same units (and seeds), oriented so that positive favours the first,
+    with its percentile interval and the bootstrap tests against 0 and against the equivalence ``margin``:
+
+    - ``p_difference``: two-sided, H0 difference = 0;
+    - ``p_equivalence``: two one-sided tests (TOST), H0 |difference| >= margin;
+    - ``p_noninferiority``: H0 difference <= -margin (the first is worse by the margin or more);
+    - ``p_inferiority``: H0 difference >= -margin (the first is not worse by more than the margin).
+
+    A bootstrap p-value is the share of draws on the null's side, ``(count + 1) / (draws + 1)``."""
+
+    estimate: float
+    low: float
+    high: float
+    level: float
+    margin: float
+    p_difference: float
+    p_equivalence: float
+    p_noninferiority: float
+    p_inferiority: float
+    n_draws: int
+
+    def as_dict(self) -> dict:
+        return {"difference": self.estimate, "low": self.low, "high": self.high, "level": self.level, "margin": self.margin,
+                "p_difference": self.p_difference, "p_equivalence": self.p_equivalence,
+                "p_noninferiority": self.p_noninferiority, "p_inferiority": self.p_inferiority, "n_draws": self.n_draws}
+
+
+def compare(estimate: float, draws: np.ndarray, margin: float, level: float = 0.95) -> Comparison:
+    """The :class:`Comparison` of a difference from its bootstrap draws (:func:`bootstrap_draws`)."""
+    draws = np.asarray(draws, dtype=np.float64)
+    n = len(draws)
+    if n == 0 or not np.isfinite(estimate):
+        nan = float("nan")
+        return Comparison(float(estimate), nan, nan, level, margin, nan, nan, nan, nan, n)
+    share = lambda hits: float((np.count_nonzero(hits) + 1) / (n + 1))
+    alpha = (1 - level) / 2
+    low, high = np.quantile(draws, [alpha, 1 - alpha])
+    return Comparison(float(estimate), float(low), float(high), level, margin,
+                      p_difference=min(1.0, 2 * min(share(draws <= 0), share(draws >= 0))),
+                      p_equivalence=max(share(draws <= -margin), share(draws >= margin)),
+                      p_noninferiority=share(draws <= -margin), p_inferiority=share(draws >= -margin), n_draws=n)
+
+
+__all__ = ["Interval", "Comparison", "bootstrap_mean", "bootstrap_statistic", "bootstrap_two_sample", "bootstrap_draws", "seeded_mean", "compare",
+           "holm", "mean_and_spread"]

@@ -28,20 +28,25 @@ Evaluation, on ``test`` (in-domain) and every ``cross_<domain>`` set, per patien
 
 - **Dice** per structure (LV, MYO, RV), background excluded, of each 3D volume (the patient's slices of one phase
   stacked in slice order: overlaps and sizes summed over slices), NaN when a structure is absent from both;
-- **HD95** in mm per structure. The processed data keep no through-plane spacing (``data/metadata.csv`` has slice
-  indices only, and slices without labels are dropped), so HD95 is computed **per 2D slice** with the in-plane pixel
-  spacing (:func:`pixel_spacing_mm`) and averaged over the slices of a volume. A structure present on one side only
-  scores the image diagonal (:func:`cmrlib.metrics.hd95_per_structure`); the summary reports how often;
-- a patient's value is the mean of its ED and ES volumes; ``dice_mean`` / ``hd95_mean`` the mean over structures;
+- **HD95 and ASD** in mm per structure, **in 3D** where the data give the through-plane spacing
+  (``slice_spacing_mm`` of ``data/metadata.csv``: the NIfTI header's, the phantom's, or
+  ``data.assumed_slice_spacing_mm``), the slices placed at their index so that dropped unlabelled slices keep their
+  distance; else per 2D slice with the in-plane pixel spacing (:func:`pixel_spacing_mm`), averaged over the slices
+  (the volume's ``distances`` says which). A structure absent from either side has no distance (NaN, left out of the
+  means, as in nnU-Net's evaluation; its Dice of 0 counts the miss); the summary reports the share of such one-sided
+  cases (:func:`cmrlib.metrics.surface_distances`);
+- a patient's value is the mean of its ED and ES volumes; ``dice_mean`` / ``hd95_mean`` / ``asd_mean`` the mean over
+  structures;
 - beside them, the reference study's **per-slice Dice with background** (mean over the four classes), averaged
   over slices.
 
-Statistics: with several seeds, a patient's value is first averaged over seeds. Intervals: percentile bootstrap over
-patients (:func:`cmrlib.stats.bootstrap_mean`). Each regime is compared with real-only on the same patients
-(``delta_vs_real`` and a paired Wilcoxon test on per-patient mean foreground Dice, :func:`cmrlib.stats.paired_wilcoxon`),
-the real-only model at the same number of real patients and the same seeds; for ``synthetic`` (no real patients),
-the real-only model with all training patients (``baseline_n``). p-values are Holm-corrected across every comparison
-of the summary (:func:`cmrlib.stats.holm`).
+Statistics: one inference rule, the hierarchical bootstrap (:func:`cmrlib.stats.bootstrap_draws`): each draw
+resamples the seeds, then the patients, so an interval holds both the patients' and the training seeds' variance; the
+seed spread (standard deviation of the per-seed means) is reported beside it. Each regime is compared with real-only
+on the same patients and seeds (``delta_vs_real``, its interval and the bootstrap p-value of a zero difference), the
+real-only model at the same number of real patients; for ``synthetic`` (no real patients), the real-only model with
+all training patients (``baseline_n``). p-values are Holm-corrected within each evaluation set (one family per set:
+in-domain, each cross-domain set) (:func:`cmrlib.stats.holm`).
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import generation, metrics, registry, report, segmenters, training
+from . import claims, generation, metrics, registry, report, segmenters, training
 from .data.preprocess import pixel_size_mm
 from .data.records import SliceSet
 from .jsonio import write_json
@@ -66,7 +71,7 @@ from .params import StudyParams
 from .paths import RunPaths
 from .seeds import seed_for
 from .segmenters import segment
-from .stats import bootstrap_mean, format_interval, holm, mean_and_spread, paired_wilcoxon
+from .stats import Interval, bootstrap_draws, bootstrap_mean, compare, format_interval, holm, mean_and_spread, seeded_mean
 
 STAGE = "40_utility"
 CHECKPOINT_DIR = "utility"
@@ -75,8 +80,9 @@ NO_ARM = "none"
 STRUCTURES = list(FOREGROUND.values())  # LV, MYO, RV
 DICE = [f"dice_{s}" for s in STRUCTURES]
 HD95 = [f"hd95_{s}" for s in STRUCTURES]
+ASD = [f"asd_{s}" for s in STRUCTURES]
 SUMMARY_KEYS = ["regime", "arm", "n_real_patients", "eval_set", "dice_mean", "dice_mean_low", "dice_mean_high", *DICE,
-                "hd95_mean", "hd95_low", "hd95_high", "dice_reference_protocol", "delta_vs_real", "p_value", "p_holm",
+                "hd95_mean", "hd95_low", "hd95_high", "asd_mean", "dice_reference_protocol", "delta_vs_real", "p_value", "p_holm",
                 "n_patients", "seeds"]
 
 
@@ -227,38 +233,53 @@ def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:
         return np.nanmean(a, axis=axis)
 
 
-def score_slices(pred: np.ndarray, target: np.ndarray, spacing: float) -> pd.DataFrame:
-    """Per slice: 2D Dice and HD95 (mm) per structure, whether HD95 is one-sided (the image diagonal), the mean
-    foreground Dice of the slice, and the reference study's background-inclusive Dice."""
+def score_slices(pred: np.ndarray, target: np.ndarray) -> pd.DataFrame:
+    """Per slice: 2D Dice per structure, the mean foreground Dice of the slice, and the reference study's
+    background-inclusive Dice."""
     dice = metrics.dice_per_structure(pred, target)
-    hd = metrics.hd95_per_structure(pred, target, spacing)
-    one_sided = metrics.one_sided_empty(pred, target)
-    out = pd.DataFrame(np.column_stack([dice, hd]), columns=[f"slice_{c}" for c in DICE] + HD95)
-    for j, s in enumerate(STRUCTURES):
-        out[f"hd95_one_sided_{s}"] = one_sided[:, j]
+    out = pd.DataFrame(dice, columns=[f"slice_{c}" for c in DICE])
     out["slice_dice_mean"] = _nanmean(dice, 1)
     out["dice_reference_protocol"] = metrics.reference_protocol_dice(pred, target)
     return out
 
 
+def volume_distances(pred: np.ndarray, target: np.ndarray, slice_index: np.ndarray, spacing: float,
+                     slice_spacing: float) -> dict[str, np.ndarray]:
+    """HD95, ASD and the one-sided share of one volume's slices (S, H, W), per structure: in 3D (the slices at their
+    index, ``slice_spacing`` mm apart) when the through-plane spacing is known, else per 2D slice and averaged over the
+    slices (``one_sided``: the share of one-sided slices)."""
+    if np.isfinite(slice_spacing):
+        d = metrics.surface_distances(metrics.volume_stack(pred, slice_index)[None], metrics.volume_stack(target, slice_index)[None],
+                                      (slice_spacing, spacing, spacing))
+        return {k: v[0].astype(np.float64) for k, v in d.items()}
+    d = metrics.surface_distances(pred, target, spacing)
+    return {"hd95": _nanmean(d["hd95"], 0), "asd": _nanmean(d["asd"], 0), "one_sided": d["one_sided"].mean(0)}
+
+
 def score_volumes(pred: np.ndarray, target: np.ndarray, meta: pd.DataFrame, spacing: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Slices (with ``meta``: patient, phase, slice_index) -> (per-slice scores, per-volume scores). A volume is one
-    patient and phase, its slices stacked in slice order: 3D Dice per structure, HD95 the mean over its slices."""
+    """Slices (with ``meta``: patient, phase, slice_index, and ``slice_spacing_mm`` where known) -> (per-slice scores,
+    per-volume scores). A volume is one patient and phase, its slices stacked in slice order: 3D Dice per structure;
+    HD95 and ASD in 3D where the through-plane spacing is known, else per slice (:func:`volume_distances`)."""
     meta = meta.reset_index(drop=True)
-    per_slice = pd.concat([meta[["patient", "phase", "slice_index"]], score_slices(pred, target, spacing)], axis=1)
+    per_slice = pd.concat([meta[["patient", "phase", "slice_index"]], score_slices(pred, target)], axis=1)
+    through = meta["slice_spacing_mm"].to_numpy(dtype=np.float64) if "slice_spacing_mm" in meta else np.full(len(meta), np.nan)
     rows = []
     for (patient, phase), idx in metrics.volume_rows(meta).items():
         dice = metrics.volume_dice(pred[idx], target[idx])
-        hd = _nanmean(per_slice.loc[idx, HD95].to_numpy(dtype=np.float64), 0)
+        d = volume_distances(pred[idx], target[idx], meta["slice_index"].to_numpy()[idx], spacing, float(through[idx[0]]))
         rows.append({"patient": patient, "phase": phase, "n_slices": len(idx), **dict(zip(DICE, dice)),
-                     "dice_mean": float(_nanmean(dice[None], 1)[0]), **dict(zip(HD95, hd)),
-                     "hd95_mean": float(_nanmean(hd[None], 1)[0])})
+                     "dice_mean": float(_nanmean(dice[None], 1)[0]), **dict(zip(HD95, d["hd95"])),
+                     "hd95_mean": float(_nanmean(d["hd95"][None], 1)[0]), **dict(zip(ASD, d["asd"])),
+                     "asd_mean": float(_nanmean(d["asd"][None], 1)[0]),
+                     **{f"hd95_one_sided_{s}": float(v) for s, v in zip(STRUCTURES, d["one_sided"])},
+                     "distances": "3D" if np.isfinite(through[idx[0]]) else "2D"})
     return per_slice, pd.DataFrame(rows)
 
 
 def per_patient(volumes: pd.DataFrame, by: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     """Per-volume scores -> per patient: the mean of its volumes (ED and ES), NaN-ignoring, per group of ``by``."""
-    cols = [c for c in [*DICE, "dice_mean", *HD95, "hd95_mean"] if c in volumes]
+    cols = [c for c in [*DICE, "dice_mean", *HD95, "hd95_mean", *ASD, "asd_mean", *[f"hd95_one_sided_{s}" for s in STRUCTURES]]
+            if c in volumes]
     keys = [*by, "patient"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -327,7 +348,8 @@ def _train_and_score_all(params: StudyParams, paths: RunPaths, slices: SliceSet,
 
 def run_all(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, arms=None) -> Results:
     """Train (or load) every run of :func:`plan` and score it on every evaluation set, ``utility.workers`` runs at
-    once (:func:`cmrlib.parallel.map_jobs`)."""
+    once (:func:`cmrlib.parallel.map_jobs`). The per-patient in-domain test Dice of real + synthetic at the fewest real
+    patients, every seed, goes to ``metrics/units/utility.csv`` (:mod:`cmrlib.claims`)."""
     sets = _split_rows(slices, eval_sets(splits))
     empty = [name for name, rows in sets.items() if len(rows) == 0]
     if empty:
@@ -336,6 +358,10 @@ def run_all(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict
     done = _train_and_score_all(params, paths, slices, splits, runs, sets, "utility runs")
     volumes = pd.concat([v for d in done for v in d["volumes"]], ignore_index=True)
     patients = per_patient(volumes, by=["regime", "arm", "n_real_patients", "seed", "run", "eval_set"])
+    fewest = patients[(patients.regime == "real+synthetic") & (patients.n_real_patients == n_real_grid(params, splits)[0])
+                      & (patients.eval_set == "test")]
+    claims.save_units(paths, "utility", [claims.units_frame("utility_dice", arm, 1.0, seed, d.patient, d.patient, d.dice_mean)
+                                         for (arm, seed), d in fewest.groupby(["arm", "seed"], sort=True)])
     return Results(pd.DataFrame([d["model"] for d in done]), pd.concat([s for d in done for s in d["slices"]], ignore_index=True),
                    volumes, patients, {run.name: d["test_prediction"] for run, d in zip(runs, done)}, sets["test"],
                    {run.name: d["losses"] for run, d in zip(runs, done)},
@@ -347,7 +373,8 @@ def against_training_step(params: StudyParams, paths: RunPaths, slices: SliceSet
     ``generators.n_synthetic_per_checkpoint`` images of each kept generator checkpoint
     (:func:`cmrlib.generation.synthetic_by_step`, the same stage-1 masks at every step); in-domain test mean foreground
     Dice per patient with its bootstrap interval. One row per (arm, step); ``utility.workers`` runs at once; empty
-    when ``utility.regimes`` has no real + synthetic."""
+    when ``utility.regimes`` has no real + synthetic. The per-patient Dice of every checkpoint before the last goes to
+    ``metrics/units/utility_steps.csv``."""
     arms = registry.names() if arms is None else arms
     u = params.utility
     if "real+synthetic" not in u.regimes:
@@ -357,15 +384,19 @@ def against_training_step(params: StudyParams, paths: RunPaths, slices: SliceSet
             for step in training.kept_checkpoints(paths.checkpoints / arm)]
     done = _train_and_score_all(params, paths, slices, splits, runs, _split_rows(slices, ["test"]),
                                 "utility against training step")
-    out = []
+    out, units = [], []
     for run, d in zip(runs, done):
         pp = per_patient(d["volumes"][0])
+        if claims.fraction(params, run.arm, run.step) < 1:
+            units.append(claims.units_frame("utility_dice", run.arm, claims.fraction(params, run.arm, run.step), seed,
+                                            pp.patient, pp.patient, pp.dice_mean))
         iv = bootstrap_mean(pp["dice_mean"].to_numpy(), None, n_boot=u.bootstrap, level=u.confidence,
                             seed=seed_for(params.seed, "bootstrap", "utility", run.name))[0]
         out.append({"arm": run.arm, "step": int(run.step), "n_real_patients": n, "n_synthetic_images": d["model"]["n_synthetic_images"],
                     "seed": seed, "dice_mean": iv.estimate, "dice_mean_low": iv.low, "dice_mean_high": iv.high,
                     "n_patients": len(pp), "chosen_step": d["model"]["chosen_step"], "stopping": d["model"]["stopping"],
                     "train_wall_time_s": d["model"]["train_wall_time_s"]})
+    claims.save_units(paths, "utility_steps", units)
     return pd.DataFrame(out)
 
 
@@ -410,9 +441,21 @@ def _groups(table: pd.DataFrame):
     return table.groupby(["regime", "arm", "n_real_patients", "eval_set"], sort=False)
 
 
-def _seed_mean(table: pd.DataFrame, key: str | list[str], cols: list[str]) -> pd.DataFrame:
-    """Per ``key`` (patient, or slice row), the mean over seeds of ``cols``."""
-    return table.groupby(key, sort=True)[cols].mean()
+def _by_seed(table: pd.DataFrame, col: str, patients: list[str] | None = None) -> pd.DataFrame:
+    """(seeds, patients) matrix of ``col`` (patients sorted, or the given ones)."""
+    wide = table.pivot_table(index="seed", columns="patient", values=col, aggfunc="mean")
+    return wide.reindex(columns=sorted(wide.columns) if patients is None else patients)
+
+
+def _hierarchical(values: pd.DataFrame, params: StudyParams, what: str) -> tuple[Interval, np.ndarray]:
+    """Mean of a (seeds, patients) matrix with its hierarchical bootstrap interval, and the draws."""
+    u = params.utility
+    estimate, draws = bootstrap_draws(seeded_mean(values.to_numpy(dtype=np.float64)), np.arange(values.shape[1]),
+                                      n_seeds=len(values), n_boot=u.bootstrap, seed=seed_for(params.seed, "bootstrap", "utility", what))
+    alpha = (1 - u.confidence) / 2
+    low, high = np.quantile(draws, [alpha, 1 - alpha]) if len(draws) else (np.nan, np.nan)
+    method = f"hierarchical bootstrap over {len(values)} seeds and {values.shape[1]} patients, {u.bootstrap} draws"
+    return Interval(estimate, float(low), float(high), u.confidence, values.shape[1], method), draws
 
 
 def summary(params: StudyParams, results: Results) -> pd.DataFrame:
@@ -421,50 +464,50 @@ def summary(params: StudyParams, results: Results) -> pd.DataFrame:
     u = params.utility
     pat, sl = results.patients, results.slices
     chosen = results.models.set_index("run")["chosen_step"]
-    value_cols = ["dice_mean", *DICE, "hd95_mean", *HD95]
     full_n = int(pat.loc[pat.regime == "real", "n_real_patients"].max()) if (pat.regime == "real").any() else None
     rows = []
     for (regime, arm, n, eval_set), d in _groups(pat):
         key = f"{regime}/{arm}/{n}/{eval_set}"
         seeds = sorted(d["seed"].unique().tolist())
-        pp = _seed_mean(d, "patient", value_cols)
-        boot = lambda values, groups, what: bootstrap_mean(values, groups, n_boot=u.bootstrap, level=u.confidence,
-                                                          seed=seed_for(params.seed, "bootstrap", "utility", what, key))
-        iv = dict(zip(value_cols, boot(pp[value_cols].to_numpy(), None, "patients")))
+        dice, _ = _hierarchical(_by_seed(d, "dice_mean"), params, f"patients/{key}")
+        hd, _ = _hierarchical(_by_seed(d, "hd95_mean"), params, f"hd95/{key}")
+        one_sided = [f"hd95_one_sided_{x}" for x in STRUCTURES]
+        means = {c: float(_nanmean(_by_seed(d, c).to_numpy().ravel(), 0)) for c in [*DICE, *HD95, "asd_mean", *one_sided]}
         s = sl[(sl.run.isin(d.run.unique())) & (sl.eval_set == eval_set)]
-        ps = _seed_mean(s, "row", ["dice_reference_protocol", *[f"hd95_one_sided_{x}" for x in STRUCTURES]])
+        ps = s.groupby("row", sort=True)[["dice_reference_protocol"]].mean()
         pat_of_row = s.drop_duplicates("row").set_index("row")["patient"].reindex(ps.index)
-        ref = boot(ps[["dice_reference_protocol"]].to_numpy(), pat_of_row.to_numpy(), "slices")[0]
+        ref = bootstrap_mean(ps[["dice_reference_protocol"]].to_numpy(), pat_of_row.to_numpy(), n_boot=u.bootstrap,
+                             level=u.confidence, seed=seed_for(params.seed, "bootstrap", "utility", "slices", key))[0]
         row = {"regime": regime, "arm": arm, "n_real_patients": int(n), "eval_set": eval_set,
-               "dice_mean": iv["dice_mean"].estimate, "dice_mean_low": iv["dice_mean"].low, "dice_mean_high": iv["dice_mean"].high,
-               **{c: iv[c].estimate for c in DICE},
-               "hd95_mean": iv["hd95_mean"].estimate, "hd95_low": iv["hd95_mean"].low, "hd95_high": iv["hd95_mean"].high,
-               **{c: iv[c].estimate for c in HD95},
-               "hd95_one_sided_share": float(ps[[f"hd95_one_sided_{x}" for x in STRUCTURES]].to_numpy().mean()),
+               "dice_mean": dice.estimate, "dice_mean_low": dice.low, "dice_mean_high": dice.high,
+               **{c: means[c] for c in DICE},
+               "hd95_mean": hd.estimate, "hd95_low": hd.low, "hd95_high": hd.high,
+               **{c: means[c] for c in HD95}, "asd_mean": means["asd_mean"],
+               "hd95_one_sided_share": float(np.mean([means[c] for c in one_sided])),
                "dice_reference_protocol": ref.estimate, "dice_reference_protocol_low": ref.low, "dice_reference_protocol_high": ref.high,
                "delta_vs_real": np.nan, "delta_low": np.nan, "delta_high": np.nan, "p_value": np.nan, "baseline_n": None,
-               "n_patients": int(len(pp)), "seeds": seeds,
+               "n_patients": int(d["patient"].nunique()), "seeds": seeds,
                "chosen_steps": [int(chosen[r]) for r in d.drop_duplicates("seed").sort_values("seed")["run"]],
                "dice_mean_seed_std": mean_and_spread(d.groupby("seed")["dice_mean"].mean())["std"]}
         base_n = None if regime == "real" else (full_n if regime == "synthetic" else int(n))
         base = pat[(pat.regime == "real") & (pat.n_real_patients == base_n) & (pat.eval_set == eval_set) & pat.seed.isin(seeds)]
         if base_n is not None and len(base):
             common = sorted(set(seeds) & set(base["seed"]))
-            a = _seed_mean(d[d.seed.isin(common)], "patient", ["dice_mean"])["dice_mean"]
-            b = _seed_mean(base[base.seed.isin(common)], "patient", ["dice_mean"])["dice_mean"].reindex(a.index)
-            diff = boot((a - b).to_numpy(), None, "delta")[0]
-            test = paired_wilcoxon(a.to_numpy(), b.to_numpy())
-            row.update(delta_vs_real=diff.estimate, delta_low=diff.low, delta_high=diff.high, p_value=test["p_value"],
+            a = _by_seed(d[d.seed.isin(common)], "dice_mean")
+            b = _by_seed(base[base.seed.isin(common)], "dice_mean", list(a.columns))
+            diff, draws = _hierarchical(a - b, params, f"delta/{key}")
+            test = compare(diff.estimate, draws, params.paper.margins.utility_dice, u.confidence)
+            row.update(delta_vs_real=diff.estimate, delta_low=diff.low, delta_high=diff.high, p_value=test.p_difference,
                        baseline_n=base_n)
         rows.append(row)
     table = pd.DataFrame(rows)
-    table["p_holm"] = holm(table["p_value"].to_numpy(dtype=np.float64))
+    table["p_holm"] = np.nan
+    for _, part in table.groupby("eval_set", sort=False):  # one family per evaluation set
+        table.loc[part.index, "p_holm"] = holm(part["p_value"].to_numpy(dtype=np.float64))
     sets = list(dict.fromkeys(["test", *sorted(table["eval_set"].unique())]))
     order = [table["regime"].map(REGIMES.index), table["arm"].map([NO_ARM, *registry.names()].index), table["n_real_patients"],
              table["eval_set"].map(sets.index)]
     return table.iloc[np.lexsort(order[::-1])].reset_index(drop=True)
-
-
 
 
 def _join(values: list[int]) -> str:
@@ -541,17 +584,19 @@ def save(params: StudyParams, paths: RunPaths, results: Results, table: pd.DataF
         "definitions": {
             "dice": "per structure (LV, MYO, RV), background excluded, of each 3D volume (a patient's slices of one phase "
                     "stacked); a patient's value is the mean of its ED and ES volumes; dice_mean over structures",
-            "hd95": f"per 2D slice in mm (pixel spacing {pixel_spacing_mm(params):.4g} mm; no through-plane spacing in the "
-                    "processed data), mean over a volume's slices; a structure present on one side only scores the image "
-                    "diagonal (share in hd95_one_sided_share)",
+            "hd95": f"95th percentile of the symmetric surface distance in mm per structure and volume, in 3D where the data "
+                    f"give the through-plane spacing, else per 2D slice (pixel spacing {pixel_spacing_mm(params):.4g} mm) and "
+                    "averaged over the volume's slices; a structure absent from either side has none (NaN, nnU-Net's "
+                    "evaluation; share of such one-sided cases in hd95_one_sided_share); asd_mean: the mean symmetric surface "
+                    "distance, the same way",
             "dice_reference_protocol": "the reference study's per-slice Dice over the four classes, background included, "
                                        "mean over slices",
-            "intervals": f"{u.confidence:.0%} percentile bootstrap over patients ({u.bootstrap} draws); with several seeds "
-                         "a patient's value is first averaged over seeds",
+            "intervals": f"{u.confidence:.0%} percentile hierarchical bootstrap ({u.bootstrap} draws): seeds resampled, "
+                         "then patients; dice_mean_seed_std: the standard deviation of the per-seed means",
             "delta_vs_real": "mean over patients of (regime - real-only) mean foreground Dice, same patients and seeds; "
                              "real-only at the same n real patients, or with all (baseline_n) for synthetic-only",
-            "p_value": "paired Wilcoxon signed-rank test on per-patient mean foreground Dice; p_holm: Holm-corrected "
-                       "across every comparison of the summary",
+            "p_value": "bootstrap p-value of a zero delta_vs_real (the same hierarchical draws as its interval); p_holm: "
+                       "Holm-corrected within each evaluation set",
             "chosen_step": "the step of the evaluated checkpoint: the best of the segmenter's validation checks (mean "
                            "foreground Dice of the validation patients), else the last step; chosen_steps per seed",
         },

@@ -43,7 +43,23 @@ def test_kid_of_same_distribution_is_near_zero_with_spread_and_grows_with_shift(
     assert abs(same["mean"]) < 3 * same["std"]
     shifted = metrics.kid(FEATS, other + 1.0, n_subsets=50, subset_size=100)
     assert shifted["mean"] > same["mean"] + 3 * shifted["std"]
-    assert metrics.kid(FEATS[:20], other[:30], n_subsets=3)["subset_size"] == 20  # min(500, n)
+    assert metrics.kid(FEATS[:20], other[:30], n_subsets=3)["subset_size"] == 10  # min(500, half of either set)
+    with pytest.raises(ValueError, match="at least 4 samples"):
+        metrics.kid(FEATS[:3], other[:30])
+
+
+def test_fid_interval_of_one_distribution_contains_the_real_vs_real_floor_and_kid_contains_zero():
+    rng = np.random.default_rng(2)
+    scale = np.linspace(0.3, 2.0, 16)
+    draw = lambda n: rng.normal(size=(n, 16)) * scale
+    floor = np.mean([metrics.fid(draw(128), draw(128)) for _ in range(10)])  # FID of two sets this size, one distribution
+    real, fake = draw(128), draw(128)
+    patients = np.repeat(np.arange(16), 8)  # the real set in patients of 8 slices, the generated one image by image
+    for name, statistic in (("fid", metrics.fid), ("kid", metrics.mmd2)):
+        iv = stats.bootstrap_two_sample(lambda r, g: statistic(real[r], fake[g]), patients, np.arange(128), n_boot=100, seed=0)
+        assert iv.low <= (floor if name == "fid" else 0.0) <= iv.high, (name, iv, floor)
+    shifted = stats.bootstrap_two_sample(lambda r, g: metrics.fid(real[r], fake[g] + 1.0), patients, np.arange(128), n_boot=100)
+    assert shifted.low > floor  # a shifted generator is told apart from the floor
 
 
 # -- paired metrics ------------------------------------------------------------------------------------------------

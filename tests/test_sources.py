@@ -167,5 +167,5 @@ def test_cross_domain_sets_keep_the_params_order_and_layout_errors_name_the_entr
 
 
 def test_an_unknown_key_of_a_source_entry_lists_the_valid_keys():
-    with pytest.raises(P.ParamsError, match=r"unknown key 'data.sources.acdc.rooot' \(valid keys here: assumed_spacing_mm, csv"):
+    with pytest.raises(P.ParamsError, match=r"unknown key 'data.sources.acdc.rooot' \(valid keys here: assumed_slice_spacing_mm, assumed_spacing_mm, csv"):
         P.load(REPO / "params/smoke.yaml", ["data.sources.acdc.rooot=x"])

@@ -30,11 +30,13 @@ def _square(size=20, top=5, left=5, side=4, label=LV):
 def test_perfect_prediction_scores_dice_one_and_hd95_zero():
     m = _square()[None]
     np.testing.assert_array_equal(metrics.dice_per_structure(m, m), [[1.0, np.nan, np.nan]])
-    np.testing.assert_array_equal(metrics.hd95_per_structure(m, m, spacing=1.5), [[0.0, np.nan, np.nan]])
+    d = metrics.surface_distances(m, m, spacing=1.5)
+    np.testing.assert_array_equal(d["hd95"], [[0.0, np.nan, np.nan]])
+    np.testing.assert_array_equal(d["asd"], [[0.0, np.nan, np.nan]])
     assert metrics.reference_protocol_dice(m, m) == pytest.approx([1.0])
 
 
-def test_shift_by_known_pixels_gives_known_dice_and_hd95():
+def test_shift_by_known_pixels_gives_known_dice_hd95_and_asd():
     # a 4 x 4 square shifted by one column: overlap 12 of 16 + 16 pixels -> Dice 24 / 32
     target, pred = _square()[None], _square(left=6)[None]
     assert metrics.dice_per_structure(pred, target)[0, 0] == pytest.approx(0.75)
@@ -42,29 +44,45 @@ def test_shift_by_known_pixels_gives_known_dice_and_hd95():
     line = np.zeros((1, 20, 20), np.uint8)
     line[0, 3:15, 5] = MYO
     moved = np.roll(line, 4, axis=2)
-    hd = metrics.hd95_per_structure(moved, line, spacing=1.5)
-    assert hd[0, 1] == pytest.approx(4 * 1.5)
-    assert metrics.hd95_per_structure(moved, line, spacing=(1.0, 2.0))[0, 1] == pytest.approx(4 * 2.0)  # columns at 2 mm
+    d = metrics.surface_distances(moved, line, spacing=1.5)
+    assert d["hd95"][0, 1] == pytest.approx(4 * 1.5) and d["asd"][0, 1] == pytest.approx(4 * 1.5)
+    assert metrics.surface_distances(moved, line, spacing=(1.0, 2.0))["hd95"][0, 1] == pytest.approx(4 * 2.0)  # columns at 2 mm
 
 
-def test_empty_prediction_and_empty_reference_follow_the_documented_conventions():
+def test_a_structure_missing_on_one_side_has_no_distance_and_is_counted():
     target = _square()[None]
     empty = np.zeros_like(target)
-    diagonal = metrics.image_diagonal_mm((20, 20), 2.0)
-    assert diagonal == pytest.approx(19 * 2.0 * math.sqrt(2))
-    # empty prediction of a present structure: Dice 0, HD95 the image diagonal (one-sided)
-    assert metrics.dice_per_structure(empty, target)[0, 0] == 0.0
-    assert metrics.hd95_per_structure(empty, target, spacing=2.0)[0, 0] == pytest.approx(diagonal)
-    # a structure predicted where the reference has none: the same
-    assert metrics.dice_per_structure(target, empty)[0, 0] == 0.0
-    assert metrics.hd95_per_structure(target, empty, spacing=2.0)[0, 0] == pytest.approx(diagonal)
-    np.testing.assert_array_equal(metrics.one_sided_empty(empty, target), [[True, False, False]])
-    # absent from both: undefined, NaN for Dice and HD95
+    for pred, ref in ((empty, target), (target, empty)):  # missed, and hallucinated
+        assert metrics.dice_per_structure(pred, ref)[0, 0] == 0.0
+        d = metrics.surface_distances(pred, ref, spacing=2.0)
+        assert np.isnan(d["hd95"][0, 0]) and np.isnan(d["asd"][0, 0])  # nnU-Net's evaluation: scored by Dice alone
+        np.testing.assert_array_equal(d["one_sided"], [[True, False, False]])
+    # absent from both: undefined, NaN for Dice and the distances, and not one-sided
     assert np.isnan(metrics.dice_per_structure(empty, empty)).all()
-    assert np.isnan(metrics.hd95_per_structure(empty, empty)).all()
+    d = metrics.surface_distances(empty, empty)
+    assert np.isnan(d["hd95"]).all() and not d["one_sided"].any()
     # the reference protocol includes background: an empty prediction still scores on the background class
     bg = 2 * (400 - 16) / (400 + 400 - 16)
     assert metrics.reference_protocol_dice(empty, target) == pytest.approx([(bg + 0.0) / 2])
+
+
+def test_distances_in_3d_use_the_through_plane_spacing_and_the_slice_index():
+    rv = _square(top=14, left=14, label=RV)
+    lv = np.where(_square(label=LV) > 0, LV, rv)
+    # LV on slices 0 and 1 of the reference, 1 and 2 of the prediction: one slice off through the plane
+    target, pred = np.stack([lv, lv, rv]), np.stack([rv, lv, lv])
+    meta = pd.DataFrame({"patient": "P", "phase": "ED", "slice_index": [0, 1, 2], "slice_spacing_mm": 10.0})
+    _, volumes = utility.score_volumes(pred, target, meta, spacing=1.0)
+    v = volumes.iloc[0]
+    assert v["distances"] == "3D" and v["hd95_LV"] == pytest.approx(10.0) and v["hd95_RV"] == pytest.approx(0.0)
+    assert v["asd_LV"] == pytest.approx(5.0)  # half the surface in place, half one slice (10 mm) away
+    # a dropped unlabelled slice between them keeps its distance
+    gap = metrics.volume_stack(pred[[0, 2]], np.array([3, 5]))
+    assert gap.shape[0] == 3 and not gap[1].any()
+    # without the through-plane spacing: per 2D slice, the one-sided slices counted
+    _, flat = utility.score_volumes(pred, target, meta.drop(columns="slice_spacing_mm"), spacing=1.0)
+    assert flat.iloc[0]["distances"] == "2D" and flat.iloc[0]["hd95_LV"] == pytest.approx(0.0)
+    assert flat.iloc[0]["hd95_one_sided_LV"] == pytest.approx(2 / 3)
 
 
 def test_volume_dice_sums_over_slices_before_the_ratio():
@@ -91,8 +109,7 @@ def test_per_patient_aggregation_stacks_volumes_and_averages_phases():
     assert es["dice_LV"] == pytest.approx(2 * 36 / (36 + 72))  # one of two slices found
     assert es["dice_RV"] == pytest.approx(1.0) and np.isnan(es["dice_MYO"])
     assert es["dice_mean"] == pytest.approx((2 * 36 / 108 + 1) / 2)  # MYO absent from both: left out
-    diagonal = metrics.image_diagonal_mm((20, 20), 1.0)
-    assert es["hd95_LV"] == pytest.approx(diagonal / 2)  # one slice perfect (0), one missed (the diagonal)
+    assert es["hd95_LV"] == pytest.approx(0.0) and es["hd95_one_sided_LV"] == pytest.approx(0.5)  # the missed slice: no distance
     patients = utility.per_patient(volumes).set_index("patient")
     assert patients.loc["P", "dice_LV"] == pytest.approx((1 + 2 * 36 / 108) / 2)  # mean of ED and ES
     assert patients.loc["Q", "dice_mean"] == pytest.approx(1.0)

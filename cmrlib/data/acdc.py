@@ -56,10 +56,10 @@ def _load(folder: Path, phase: str, data, split: str) -> Volume:
     frame = int(info[phase])
     stem = f"{folder.name}_frame{frame:02d}"
     image_path, label_path = folder / f"{stem}.nii.gz", folder / f"{stem}_gt.nii.gz"
-    image, mask, spacing = read_pair(image_path, label_path, orientation=ACDC_ORIENTATION)
+    image, mask, spacing, slice_spacing = read_pair(image_path, label_path, orientation=ACDC_ORIENTATION)
     return Volume(
         image=image, mask=map_labels(mask, data, label_path, ACDC_TO_CANONICAL), dataset=DATASET, patient=f"{DATASET}_{folder.name}",
-        domain=DOMAIN, phase=phase, spacing=spacing, source=str(image_path), layout_split=split,
+        domain=DOMAIN, phase=phase, spacing=spacing, slice_spacing=slice_spacing, source=str(image_path), layout_split=split,
         extra={"group": info.get("Group", ""), "frame": frame},
     )
 

@@ -7,7 +7,8 @@
   (the test patients with ``data.test_split: layout``; otherwise the study makes its own patient-level splits).
 
 Frame 01 is ED and the other labelled frame ES. Labels are ACDC's (remapped). No spacing is stored: the volume's
-spacing is ``data.assumed_spacing_mm`` when set, else unknown (pixels are then taken at ``data.spacing_mm``).
+spacing is ``data.assumed_spacing_mm`` when set, else unknown (pixels are then taken at ``data.spacing_mm``); the
+through-plane spacing ``data.assumed_slice_spacing_mm``, else unknown.
 The arrays are ACDC's ``(Z, Y, X)`` stacks and are used as stored (:data:`cmrlib.data.io.ACDC_ORIENTATION`).
 """
 
@@ -106,7 +107,7 @@ def _case(patient: str, phase: str, frame: int, files, data, split: str) -> Volu
         image=ACDC_ORIENTATION.apply(image),
         mask=ACDC_ORIENTATION.apply(map_labels(label, data, source, ACDC_TO_CANONICAL)),
         dataset=DATASET, patient=f"{DATASET}_{patient}", domain=DOMAIN, phase=phase,
-        spacing=(assumed, assumed) if assumed else None, source=source, slice_indices=indices, slice_count=count,
+        spacing=(assumed, assumed) if assumed else None, slice_spacing=data.assumed_slice_spacing_mm, source=source, slice_indices=indices, slice_count=count,
         layout_split=split, extra={"frame": frame},
     )
 

@@ -203,8 +203,9 @@ def read_pair(
     *,
     orientation: Orientation | None = None,
     frame: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
-    """Image and label stacks ``(slices, rows, cols)`` and in-plane (row, col) spacing of a NIfTI pair.
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float], float | None]:
+    """Image and label stacks ``(slices, rows, cols)``, in-plane (row, col) spacing and the through-plane spacing
+    (the third zoom; None for a 2D file) of a NIfTI pair.
 
     ``orientation`` None: from the image's affine. Shape or affine differences between the files are bad cases."""
     image = read_nifti(image_path, frame)
@@ -220,7 +221,9 @@ def read_pair(
         except ValueError as exc:
             raise bad(image_path, str(exc)) from exc
     spacing = orientation.spacing(image.zooms)
-    return to_stack(image.data, orientation).astype(np.float32), to_stack(label_array(label.data), orientation), spacing
+    slice_spacing = float(image.zooms[2]) if len(image.zooms) > 2 and image.zooms[2] > 0 else None
+    return (to_stack(image.data, orientation).astype(np.float32), to_stack(label_array(label.data), orientation), spacing,
+            slice_spacing)
 
 
 def read_csv(path: Path, what: str):

@@ -100,7 +100,7 @@ def _info_csv(root: Path, data, default: Path | None) -> Path | None:
 
 def _volume(code: str, phase: str, meta: dict[str, str], image: Path, label: Path, frame: int | None, data,
             split: str) -> Volume:
-    img, mask, spacing = read_pair(image, label, frame=frame)
+    img, mask, spacing, slice_spacing = read_pair(image, label, frame=frame)
     split = meta.get("split", "").lower() or split
     if split not in SPLIT_VALUES:
         raise bad(image, f"split {split!r} of subject {code} in the information CSV is not train, val or test")
@@ -109,7 +109,7 @@ def _volume(code: str, phase: str, meta: dict[str, str], image: Path, label: Pat
         raise bad(image, f"no vendor for subject {code} in the information CSV")
     return Volume(
         image=img, mask=map_labels(mask, data, label), dataset=DATASET,
-        patient=f"{DATASET}_{code}", domain=vendor, phase=phase, spacing=spacing, source=str(image), layout_split=split,
+        patient=f"{DATASET}_{code}", domain=vendor, phase=phase, spacing=spacing, slice_spacing=slice_spacing, source=str(image), layout_split=split,
         extra={"centre": meta.get("centre", ""), "vendor_name": meta.get("vendor_name", ""), "frame": frame},
     )
 

@@ -28,9 +28,9 @@ def _load(row: dict[str, str], base: Path, line: int, csv: Path, data) -> Volume
         frame = int(frame_text) if frame_text else None
     except ValueError as exc:
         raise bad(csv, f"line {line}: frame {frame_text!r} is not an integer") from exc
-    img, mask, spacing = read_pair(image, label, frame=frame)
+    img, mask, spacing, slice_spacing = read_pair(image, label, frame=frame)
     return Volume(image=img, mask=map_labels(mask, data, label), dataset=DATASET,
-                  patient=f"{DATASET}_{row['patient']}", domain=row["domain"], phase=row["phase"], spacing=spacing,
+                  patient=f"{DATASET}_{row['patient']}", domain=row["domain"], phase=row["phase"], spacing=spacing, slice_spacing=slice_spacing,
                   source=str(image), layout_split=row.get("split", ""), extra={"frame": frame})
 
 

@@ -226,6 +226,7 @@ def generate_volumes(
     phases: list[str] = ("ED", "ES"),
     fov_mm: float = 200.0,
     spacing_mm: float = 1.5,
+    slice_spacing_mm: float | None = None,
 ) -> Iterator[Volume]:
     """Yield one :class:`Volume` per (domain, patient, phase), deterministic in ``seed``."""
     unknown = [d for d in domains if d not in DOMAINS]
@@ -241,5 +242,5 @@ def generate_volumes(
                                      fov_mm=fov_mm, spacing_mm=spacing_mm)
                 yield Volume(
                     image=image, mask=mask, dataset="phantom", patient=f"phantom_{domain}{index:03d}", domain=domain,
-                    phase=phase, spacing=(spacing_mm, spacing_mm), source=f"phantom(seed={seed}, {domain}, {index})",
+                    phase=phase, spacing=(spacing_mm, spacing_mm), slice_spacing=slice_spacing_mm, source=f"phantom(seed={seed}, {domain}, {index})",
                 )

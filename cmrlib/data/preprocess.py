@@ -114,6 +114,7 @@ def preprocess_volume(
             "phase": vol.phase,
             "slice_index": index[keep],
             "slice_count": vol.slice_count or len(vol.image),
+            "slice_spacing_mm": np.nan if vol.slice_spacing is None else float(vol.slice_spacing),
             "layout_split": vol.layout_split,
             "split": "",
         }

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..paths import atomic_path
 
-META_COLUMNS = ["dataset", "patient", "domain", "phase", "slice_index", "slice_count", "layout_split", "split"]
+META_COLUMNS = ["dataset", "patient", "domain", "phase", "slice_index", "slice_count", "slice_spacing_mm", "layout_split", "split"]
 SLICES_FILE = "slices.npz"
 METADATA_FILE = "metadata.csv"
 
@@ -33,6 +33,7 @@ class Volume:
     domain: str  # vendor or site
     phase: str  # "ED" or "ES"
     spacing: tuple[float, float] | None = None  # in-plane (row, column) spacing in mm; None when unknown
+    slice_spacing: float | None = None  # distance between adjacent slices in mm (3D HD95 and ASD); None when unknown
     source: str = "<memory>"  # file(s) it came from, named in errors
     slice_indices: np.ndarray | None = None  # index of each slice in its original volume (default 0..S-1)
     slice_count: int | None = None  # slices in the original volume (default S)
@@ -87,4 +88,7 @@ class SliceSet:
             images, masks = arrays["images"], arrays["masks"]
         text = ("patient", "domain", "dataset", "layout_split", "split")
         meta = pd.read_csv(folder / METADATA_FILE, dtype={c: str for c in text}, keep_default_na=False)
+        if "slice_spacing_mm" not in meta:  # prepared before the through-plane spacing was kept: unknown
+            meta["slice_spacing_mm"] = np.nan
+        meta["slice_spacing_mm"] = pd.to_numeric(meta["slice_spacing_mm"], errors="coerce")
         return cls(images, masks, meta)

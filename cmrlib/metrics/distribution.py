@@ -3,8 +3,9 @@
 - FID: MONAI's :func:`monai.metrics.fid.get_fid_score` (Frechet distance of Gaussians fitted to each set, scipy
   ``sqrtm``), used as is.
 - KID (Binkowski et al. 2018): written here because MONAI has none; the unbiased MMD^2 estimate with the polynomial
-  kernel ``k(x, y) = (x.y / D + 1)^3``, averaged over random subsets of ``min(subset_size, N, M)`` from each set
-  (torch-fidelity's and the reference study's protocol), reported as mean and standard deviation over subsets.
+  kernel ``k(x, y) = (x.y / D + 1)^3``, averaged over random subsets of ``min(subset_size, N // 2, M // 2)`` from
+  each set (torch-fidelity's and the reference study's protocol, with subsets smaller than either set so that they
+  differ), reported as mean and standard deviation over subsets (the spread of subsets, not a confidence interval).
 - Precision, recall, density and coverage (Naeem et al. 2020, "Reliable fidelity and diversity metrics for generative
   models"): written here (no MONAI equivalent) with exact Euclidean distances (``torch.cdist``) and ``k`` nearest
   neighbours; a sample's own distance 0 is excluded from its neighbour radius.
@@ -37,13 +38,18 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
                  - 2 * kxy.mean())
 
 
+def mmd2(real: np.ndarray, fake: np.ndarray) -> float:
+    """The unbiased MMD^2 (KID's kernel) between two whole sets of feature vectors."""
+    return mmd2_unbiased(_t(real), _t(fake))
+
+
 def kid(real: np.ndarray, fake: np.ndarray, n_subsets: int = 100, subset_size: int = 500, seed: int = 0) -> dict:
     """Kernel inception distance: mean and standard deviation of the unbiased MMD^2 over ``n_subsets`` subsets of
-    ``min(subset_size, N, M)`` drawn without replacement from each set; also every subset's value."""
+    ``min(subset_size, N // 2, M // 2)`` drawn without replacement from each set; also every subset's value."""
     x, y = _t(real), _t(fake)
-    size = min(subset_size, len(x), len(y))
+    size = min(subset_size, len(x) // 2, len(y) // 2)
     if size < 2:
-        raise ValueError("KID needs at least 2 samples in each set")
+        raise ValueError(f"KID needs at least 4 samples in each set (subsets of at most half of each), got {len(x)} and {len(y)}")
     rng = np.random.default_rng(seed)
     values = np.array([mmd2_unbiased(x[rng.choice(len(x), size, replace=False)], y[rng.choice(len(y), size, replace=False)])
                        for _ in range(n_subsets)])
@@ -78,4 +84,4 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
     }
 
 
-__all__ = ["fid", "kid", "mmd2_unbiased", "prdc"]
+__all__ = ["fid", "kid", "mmd2", "mmd2_unbiased", "prdc"]

@@ -4,11 +4,11 @@
   perfect score but undefined (NaN) and is left out of means; present on one side only, it scores 0
   (``evaluate_predictions.py`` of nnU-Net). :func:`dice_per_structure` scores each 2D slice,
   :func:`volume_dice` one volume (slices stacked: overlaps and sizes summed over the slices before the ratio).
-- HD95 per structure (:func:`hd95_per_structure`): the 95th percentile of the symmetric surface distance (MONAI
-  ``compute_hausdorff_distance(percentile=95)``), in mm with the pixel spacing. Empty on both sides: NaN (left out,
-  as Dice). **Empty on one side only** (a missed or a hallucinated structure): the largest distance the image allows,
-  its diagonal in mm, so that a miss counts as the worst boundary error rather than vanishing from the mean;
-  :func:`one_sided_empty` counts these cases so that a table can say how many there were.
+- HD95 and ASD per structure (:func:`surface_distances`): the 95th percentile and the mean of the symmetric surface
+  distance (MONAI), in mm with the spacing of each axis, of 2D slices or 3D volumes (:func:`volume_stack`). A
+  structure absent from either side has none (NaN, left out of means), as in nnU-Net's evaluation: a missed or a
+  hallucinated structure is scored by its Dice of 0, and ``one_sided`` (:func:`one_sided_empty`) counts these cases
+  so that a table can say how many there were.
 - :func:`reference_protocol_dice`: the reference study's number, the mean Dice over the four classes *with*
   background, per slice (classes absent from both left out).
 """
@@ -72,53 +72,57 @@ def reference_protocol_dice(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
         return np.nanmean(dice_per_structure(pred, target, CLASSES), axis=1)
 
 
-def image_diagonal_mm(shape: tuple[int, ...], spacing: float | tuple[float, ...]) -> float:
-    """The largest distance between two pixels of an image of ``shape`` (H, W) at ``spacing`` mm: HD95's value when
-    a structure is empty on one side only."""
-    spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (len(shape),))
-    return float(np.sqrt(np.sum(((np.asarray(shape) - 1) * spacing) ** 2)))
-
-
 def one_sided_empty(pred: np.ndarray, target: np.ndarray, labels: dict[int, str] = FOREGROUND) -> np.ndarray:
-    """(N, H, W) -> (N, len(labels)) booleans: the structure is present on exactly one side (HD95 = the diagonal)."""
+    """(N, ...) -> (N, len(labels)) booleans: the structure is present on exactly one side (HD95 and ASD undefined)."""
     pred, target = _check(pred, target)
     pred, target = pred.reshape(len(pred), -1), target.reshape(len(target), -1)
     return np.column_stack([(pred == v).any(1) != (target == v).any(1) for v in labels])
 
 
-def hd95_per_structure(pred: np.ndarray, target: np.ndarray, spacing: float | tuple[float, float] = 1.0,
-                       labels: dict[int, str] = FOREGROUND, batch_size: int = 256) -> np.ndarray:
-    """(N, H, W) predicted and reference label maps -> (N, len(labels)) HD95 per 2D slice in mm (pixel ``spacing``
-    in mm). NaN where a structure is absent from both; the image diagonal (:func:`image_diagonal_mm`) where it is
-    absent from one side only."""
+def surface_distances(pred: np.ndarray, target: np.ndarray, spacing: float | tuple[float, ...] = 1.0,
+                      labels: dict[int, str] = FOREGROUND, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """(N, H, W) slices or (N, S, H, W) volumes of predicted and reference labels -> ``hd95`` and ``asd`` per image and
+    structure, each (N, len(labels)) in mm (``spacing`` per spatial axis, or one value for all): MONAI's
+    ``compute_hausdorff_distance(percentile=95)`` and symmetric ``compute_average_surface_distance``. NaN where a
+    structure is absent from either side (nnU-Net's evaluation: such a case is scored by Dice alone); ``one_sided``
+    marks those present on exactly one side, so that a table can say how many there were."""
     import torch
     from monai.data import get_track_meta, set_track_meta
-    from monai.metrics import compute_hausdorff_distance
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
     pred, target = _check(pred, target)
-    if pred.ndim != 3:
-        raise ValueError(f"expected (N, H, W) label maps, got shape {pred.shape}")
+    if pred.ndim not in (3, 4):
+        raise ValueError(f"expected (N, H, W) slices or (N, S, H, W) volumes, got shape {pred.shape}")
     values = list(labels)
-    out = np.empty((len(pred), len(values)))
-    onehot = lambda m: torch.from_numpy(np.stack([m == v for v in values], axis=1))  # (B, K, H, W) bool
+    hd, asd = np.empty((len(pred), len(values))), np.empty((len(pred), len(values)))
+    onehot = lambda m: torch.from_numpy(np.stack([m == v for v in values], axis=1))  # (B, K, ...) bool
     tracking = get_track_meta()
     set_track_meta(False)  # plain tensors inside MONAI's cropping: 2x faster, same values
     try:
         for i in range(0, len(pred), batch_size):
-            p, t = pred[i : i + batch_size], target[i : i + batch_size]
+            p, t = onehot(pred[i : i + batch_size]), onehot(target[i : i + batch_size])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "ground truth of class k is all 0": handled below
                 warnings.simplefilter("ignore", FutureWarning)  # MONAI 1.5+ deprecation inside its own get_mask_edges
-                d = compute_hausdorff_distance(onehot(p), onehot(t), include_background=True, percentile=95, spacing=spacing)
-            out[i : i + batch_size] = d.double().numpy()
+                hd[i : i + batch_size] = compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=spacing).double().numpy()
+                asd[i : i + batch_size] = compute_average_surface_distance(p, t, include_background=True, symmetric=True,
+                                                                           spacing=spacing).double().numpy()
     finally:
         set_track_meta(tracking)
-    present_p = np.stack([(pred == v).reshape(len(pred), -1).any(1) for v in values], axis=1)
-    present_t = np.stack([(target == v).reshape(len(target), -1).any(1) for v in values], axis=1)
-    out[~present_p & ~present_t] = np.nan
-    out[present_p != present_t] = image_diagonal_mm(pred.shape[1:], spacing)
+    flat = lambda m: m.reshape(len(m), -1)
+    present = [np.stack([(flat(m) == v).any(1) for v in values], axis=1) for m in (pred, target)]
+    undefined = ~(present[0] & present[1])
+    hd[undefined], asd[undefined] = np.nan, np.nan
+    return {"hd95": hd, "asd": asd, "one_sided": present[0] != present[1]}
+
+
+def volume_stack(slices: np.ndarray, slice_index: np.ndarray) -> np.ndarray:
+    """A volume's kept slices (S, H, W) placed at their ``slice_index`` in a dense stack; slices without labels (dropped
+    in preprocessing) are background, so that through-plane distances keep their true spacing."""
+    index = np.asarray(slice_index, dtype=int) - int(np.min(slice_index))
+    out = np.zeros((int(index.max()) + 1, *slices.shape[1:]), dtype=slices.dtype)
+    out[index] = slices
     return out
 
 
-__all__ = ["dice_per_structure", "volume_dice", "reference_protocol_dice", "hd95_per_structure", "one_sided_empty",
-           "image_diagonal_mm"]
+__all__ = ["dice_per_structure", "volume_dice", "reference_protocol_dice", "surface_distances", "volume_stack", "one_sided_empty"]
