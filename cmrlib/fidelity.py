@@ -195,12 +195,17 @@ def evaluate(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: Se
              degraded: bool = True) -> pd.DataFrame:
     """Every metric of every arm (default: every registered one), then (``degraded``) of each arm's earliest kept
     checkpoint (``<arm>@<step>``, the under-trained control every metric should rank below), then the ``real`` and
-    ``mean image`` reference rows. The final models' per-slice mask faithfulness goes to ``metrics/units/fidelity.csv``
-    (:mod:`cmrlib.claims`)."""
+    ``mean image`` reference rows. The final models' per-slice mask faithfulness, every generator seed's, goes to
+    ``metrics/units/fidelity.csv`` (:mod:`cmrlib.claims`); the tables describe the first seed."""
     arms = registry.names() if arms is None else arms
     rows, units = [], []
     for arm in arms:
         rows += evaluate_arm(params, paths, arm, ref, segmenter, units=units)
+        for replica in generation.seed_replicas(params)[1:]:  # the other generator seeds: the claims' seed variance
+            paired = generation.load_samples(paths, replica.folder(arm), "paired")
+            order = _align(paired["rows"], ref.rows)
+            dice = _with_mean(segmenters.mask_faithfulness(segmenter, paired["images"], ref.masks[order]))
+            units.append(claims.units_frame("mask_dice", arm, 1.0, replica.seed, ref.patients[order], paired["rows"], dice[:, -1]))
     claims.save_units(paths, "fidelity", units)
     for arm in arms if degraded else ():
         kept = sorted(training.kept_checkpoints(paths.checkpoints / arm))

@@ -11,11 +11,19 @@ an autoencoder) and samples to ``samples/<arm>/``:
 - ``samples/<arm>/paired_step<N>.npz``: one image per real test mask (``images``, ``masks``, ``rows`` = row numbers of
   the test slices in ``data/metadata.csv``), for each kept checkpoint (step N), the last one also as ``paired.npz``;
 - ``samples/<arm>/samples.csv``: one row per set: file, n, seed, sampler, steps, weights, checkpoint step, seconds.
+
+**Replicas** (:class:`Replica`, :func:`replicas`): the generators are trained once per seed of ``generators.n_seeds``
+and, with ``utility.generators_from: same``, once more per seed on the fewest-patient segmenter's own patients. The
+primary replica (seed 0, every training patient) keeps the folders above and fills every table; each other replica
+has its own folders ``<name>_seed<s>`` or ``<name>_n<k>_seed<s>`` (``mask_prior_seed1``, ``ddpm_n4_seed0``, ...) with
+the final paired and synthetic sets only: the claims aggregate over the seeds, the utility axis trains on them.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +35,7 @@ from . import models, registry, training
 from .models import device, one_hot
 from .data.records import SliceSet
 from .data import anatomy
+from .data.splits import first_patients, real_patient_counts
 from .labels import NUM_CLASSES, RV
 from .params import StudyParams, TrainParams
 from .paths import RunPaths, atomic_path
@@ -36,8 +45,70 @@ MASK_PRIOR = "mask_prior"
 MASK_PRIOR_STAGE = "10_mask_prior"
 
 
+@dataclass(frozen=True)
+class Replica:
+    """One trained copy of the generators (mask prior and arms): training seed ``seed`` of ``generators.n_seeds``, on
+    every training patient (``n_patients`` None) or on the first ``n_patients`` of them."""
+
+    seed: int = 0
+    n_patients: int | None = None
+
+    @property
+    def primary(self) -> bool:
+        return self.seed == 0 and self.n_patients is None
+
+    @property
+    def suffix(self) -> str:
+        """What the replica's folders add to the model's name: nothing for the primary one."""
+        return "" if self.primary else (f"_n{self.n_patients}" if self.n_patients else "") + f"_seed{self.seed}"
+
+    def folder(self, name: str) -> str:
+        """The checkpoint and samples folder name of model ``name`` (``mask_prior``, an arm) in this replica."""
+        return name + self.suffix
+
+    @property
+    def seed_names(self) -> tuple[str, ...]:
+        """What the replica's random streams derive from, beside the model's name (none for the primary replica, whose
+        streams are those of a run with one seed)."""
+        return () if self.primary else (self.suffix.lstrip("_"),)
+
+
+PRIMARY = Replica()
+
+
+def seed_replicas(params: StudyParams) -> list[Replica]:
+    """One replica per seed of ``generators.n_seeds``, on every training patient; the primary one first."""
+    return [Replica(s) for s in range(params.generators.n_seeds)]
+
+
+def same_patients(params: StudyParams, splits: dict) -> int | None:
+    """With ``utility.generators_from: same``, the fewest of ``utility.n_real_patients`` (the patients the
+    same-patients generators learn from); None otherwise, or when that is every training patient."""
+    if params.utility.generators_from != "same":
+        return None
+    k = real_patient_counts(params, splits)[0]
+    return k if k < len(splits["sets"]["train"]) else None
+
+
+def replicas(params: StudyParams, splits: dict) -> list[Replica]:
+    """Every replica the params ask for: the primary one, the other seeds, and with ``utility.generators_from: same``
+    one per seed on the first k training patients (k the fewest of ``utility.n_real_patients``)."""
+    k = same_patients(params, splits)
+    return seed_replicas(params) + ([Replica(s, k) for s in range(params.generators.n_seeds)] if k else [])
+
+
+def training_slices(slices: SliceSet, splits: dict, replica: Replica = PRIMARY) -> SliceSet:
+    """The training slices a replica's generators learn from: split ``train``, or its first ``n_patients`` patients."""
+    train = slices.split("train")
+    if replica.n_patients is None:
+        return train
+    return train.select(train.meta["patient"].isin(first_patients(splits, replica.n_patients)).to_numpy())
+
+
 def made_by(name: str) -> str:
-    """The runner's stage that writes the checkpoints and samples of ``name`` (the mask prior or an arm)."""
+    """The runner's stage that writes the checkpoints and samples of ``name`` (the mask prior or an arm, in any
+    replica)."""
+    name = re.sub(r"(_n\d+)?_seed\d+$", "", name)
     if name == MASK_PRIOR:
         return MASK_PRIOR_STAGE
     return registry.get(name).stage if name in registry.names() else "the generator stages"
@@ -66,12 +137,14 @@ def build_mask_prior(params: StudyParams) -> models.DiffusionModel | models.Flow
     return models.DiffusionModel(**common, **p.schedule.model_dump())
 
 
-def train_mask_prior(params: StudyParams, paths: RunPaths, train: SliceSet) -> tuple[torch.nn.Module, training.TrainResult]:
+def train_mask_prior(params: StudyParams, paths: RunPaths, train: SliceSet, replica: Replica = PRIMARY
+                     ) -> tuple[torch.nn.Module, training.TrainResult]:
     """One-hot masks scaled to [-1, 1] (as the reference study), unconditional."""
     model = build_mask_prior(params)
     x = masks_tensor(train.masks) * 2 - 1
-    cfg = train_config(params.generators.mask_prior.train, params.seed, "mask_prior")
-    return model, training.train(model, x, None, cfg, paths.checkpoints / "mask_prior", desc="mask prior")
+    cfg = train_config(params.generators.mask_prior.train, params.seed, "mask_prior", *replica.seed_names)
+    return model, training.train(model, x, None, cfg, paths.checkpoints / replica.folder(MASK_PRIOR),
+                                 desc=replica.folder("mask prior"))
 
 
 def sample_masks(model: torch.nn.Module, n: int, sampling, seed: int) -> np.ndarray:
@@ -84,14 +157,15 @@ def sample_masks(model: torch.nn.Module, n: int, sampling, seed: int) -> np.ndar
     return np.concatenate(out)
 
 
-def sample_mask_prior(params: StudyParams, paths: RunPaths) -> np.ndarray:
-    """Generate ``generators.n_synthetic`` stage-1 masks with the trained prior; save them to ``samples/mask_prior``."""
+def sample_mask_prior(params: StudyParams, paths: RunPaths, replica: Replica = PRIMARY) -> np.ndarray:
+    """Generate ``generators.n_synthetic`` stage-1 masks with the trained prior; save them to ``samples/mask_prior``
+    (the replica's folder)."""
     p = params.generators.mask_prior
-    model, ckpt = load_arm(params, paths, MASK_PRIOR)
-    seed = seed_for(params.seed, "masks")
+    model, ckpt = load_arm(params, paths, MASK_PRIOR, replica=replica)
+    seed = seed_for(params.seed, "masks", *replica.seed_names)
     start = time.perf_counter()
     masks = sample_masks(model, params.generators.n_synthetic, p.sample, seed)
-    save_samples(paths, MASK_PRIOR, "masks", record=sample_record("stage1", seed, p.sample, ckpt, start), masks=masks)
+    save_samples(paths, replica.folder(MASK_PRIOR), "masks", record=sample_record("stage1", seed, p.sample, ckpt, start), masks=masks)
     return masks
 
 
@@ -112,13 +186,14 @@ def build_arm(params: StudyParams, arm: str) -> torch.nn.Module:
     return registry.get(arm).build(params)
 
 
-def train_autoencoder(params: StudyParams, paths: RunPaths, arm: str, train: SliceSet, model: torch.nn.Module) -> training.TrainResult:
+def train_autoencoder(params: StudyParams, paths: RunPaths, arm: str, train: SliceSet, model: torch.nn.Module,
+                      replica: Replica = PRIMARY) -> training.TrainResult:
     """Train the autoencoder of ``arm`` (section key ``autoencoder``) on the training patients, put its EMA weights
     into ``model.autoencoder`` (frozen) and scale the latents."""
     spec = registry.get(arm)
-    folder = spec.autoencoder_dir
+    folder = replica.folder(spec.autoencoder_dir)
     ae = models.Autoencoder(**{k: v for k, v in model.autoencoder.config.items() if k != "family"})
-    cfg = train_config(spec.params(params).autoencoder.train, params.seed, folder)
+    cfg = train_config(spec.params(params).autoencoder.train, params.seed, spec.autoencoder_dir, *replica.seed_names)
     result = training.train(ae, images_tensor(train), None, cfg, paths.checkpoints / folder, desc=f"{spec.label} autoencoder")
     training.load_checkpoint(result.last, model.autoencoder, weights="ema")
     model.autoencoder.requires_grad_(False)
@@ -140,14 +215,16 @@ def autoencoder_report(ldm: models.LatentDiffusion, *sets: SliceSet, names=("tra
     return recon[:, 0].numpy(), pd.DataFrame(rows).T
 
 
-def train_arm(params: StudyParams, paths: RunPaths, arm: str, train: SliceSet) -> tuple[torch.nn.Module, training.TrainResult]:
+def train_arm(params: StudyParams, paths: RunPaths, arm: str, train: SliceSet, replica: Replica = PRIMARY
+              ) -> tuple[torch.nn.Module, training.TrainResult]:
     """Train (or resume) an arm on the training patients, its autoencoder first where it has one."""
     spec = registry.get(arm)
     model = build_arm(params, arm)
     if spec.autoencoder:
-        train_autoencoder(params, paths, arm, train, model)
-    cfg = train_config(spec.params(params).train, params.seed, arm)
-    result = training.train(model, images_tensor(train), masks_tensor(train.masks), cfg, paths.checkpoints / arm, desc=spec.label)
+        train_autoencoder(params, paths, arm, train, model, replica)
+    cfg = train_config(spec.params(params).train, params.seed, arm, *replica.seed_names)
+    result = training.train(model, images_tensor(train), masks_tensor(train.masks), cfg, paths.checkpoints / replica.folder(arm),
+                            desc=replica.folder(spec.label))
     return model, result
 
 
@@ -156,10 +233,11 @@ def sampling_of(params: StudyParams, name: str):
     return params.generators.mask_prior.sample if name == MASK_PRIOR else registry.get(name).params(params).sample
 
 
-def load_arm(params: StudyParams, paths: RunPaths, arm: str, step: int | None = None, weights: str | None = None) -> tuple[torch.nn.Module, dict]:
-    """A trained arm (or the mask prior) from its last checkpoint, or the kept one at ``step``."""
+def load_arm(params: StudyParams, paths: RunPaths, arm: str, step: int | None = None, weights: str | None = None,
+             replica: Replica = PRIMARY) -> tuple[torch.nn.Module, dict]:
+    """A trained arm (or the mask prior) of a replica from its last checkpoint, or the kept one at ``step``."""
     model = build_mask_prior(params) if arm == MASK_PRIOR else build_arm(params, arm)
-    folder = paths.checkpoints / arm
+    folder = paths.checkpoints / replica.folder(arm)
     path = folder / "last.pt" if step is None else training.kept_checkpoints(folder).get(step, folder / f"step_{step:07d}.pt")
     ckpt = training.load_checkpoint(path, model, weights=weights or sampling_of(params, arm).weights, made_by=made_by(arm))
     return model.to(device()).eval(), ckpt
@@ -231,36 +309,39 @@ def samples_table(paths: RunPaths, arm: str) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def sample_arm(params: StudyParams, paths: RunPaths, arm: str, slices: SliceSet, stage1_masks: np.ndarray) -> pd.DataFrame:
+def sample_arm(params: StudyParams, paths: RunPaths, arm: str, slices: SliceSet, stage1_masks: np.ndarray,
+               replica: Replica = PRIMARY) -> pd.DataFrame:
     """The paired set (one image per real test mask) at every kept checkpoint, and the synthetic set (from the
-    stage-1 masks) with the final weights; returns the samples table."""
+    stage-1 masks) with the final weights; returns the samples table. Another replica than the primary one: the final
+    paired and synthetic sets only (the compute axis reads the primary replica)."""
     p = registry.get(arm).params(params)
+    name = replica.folder(arm)
     test_rows = np.flatnonzero(slices.meta["split"].to_numpy() == "test")
     test_masks = slices.masks[test_rows]
-    kept = training.kept_checkpoints(paths.checkpoints / arm)
+    kept = training.kept_checkpoints(paths.checkpoints / name)
     final = max(kept)
     few = stage1_masks[: params.generators.n_synthetic_per_checkpoint]
-    for step in sorted(kept):  # ascending: the loop ends with the final weights, used for the synthetic set
-        model, ckpt = load_arm(params, paths, arm, step=step)
-        seed = seed_for(params.seed, "paired", arm)
+    for step in sorted(kept) if replica.primary else [final]:  # ascending: the loop ends with the final weights
+        model, ckpt = load_arm(params, paths, arm, step=step, replica=replica)
+        seed = seed_for(params.seed, "paired", arm, *replica.seed_names)
         start = time.perf_counter()
-        images = generate(model, test_masks, p.sample, seed, desc=f"{arm} paired set, step {step}")
+        images = generate(model, test_masks, p.sample, seed, desc=f"{name} paired set, step {step}")
         record = sample_record("paired", seed, p.sample, ckpt, start)
-        for name in [f"paired_step{step}"] + (["paired"] if step == final else []):
-            save_samples(paths, arm, name, record=record, images=images, masks=test_masks, rows=test_rows)
+        for set_name in [f"paired_step{step}"] + (["paired"] if step == final else []):
+            save_samples(paths, name, set_name, record=record, images=images, masks=test_masks, rows=test_rows)
         if step != final:
             seed = seed_for(params.seed, "synthetic", arm, str(step))
             start = time.perf_counter()
             images = generate(model, few, p.sample, seed, desc=f"{arm} synthetic subset, step {step}")
             save_samples(paths, arm, f"synthetic_step{step}", record=sample_record("synthetic", seed, p.sample, ckpt, start),
                          images=images, masks=few)
-    seed = seed_for(params.seed, "synthetic", arm)
+    seed = seed_for(params.seed, "synthetic", arm, *replica.seed_names)
     start = time.perf_counter()
-    images = generate(model, stage1_masks, p.sample, seed, desc=f"{arm} synthetic set")
-    save_samples(paths, arm, "synthetic", record=sample_record("synthetic", seed, p.sample, ckpt, start), images=images, masks=stage1_masks)
-    return samples_table(paths, arm)
+    images = generate(model, stage1_masks, p.sample, seed, desc=f"{name} synthetic set")
+    save_samples(paths, name, "synthetic", record=sample_record("synthetic", seed, p.sample, ckpt, start), images=images, masks=stage1_masks)
+    return samples_table(paths, name)
 
 
-__all__ = ["MASK_PRIOR", "made_by", "build_arm", "build_mask_prior", "train_arm", "train_mask_prior", "train_autoencoder",
+__all__ = ["MASK_PRIOR", "PRIMARY", "Replica", "replicas", "seed_replicas", "same_patients", "training_slices", "made_by", "build_arm", "build_mask_prior", "train_arm", "train_mask_prior", "train_autoencoder",
            "load_arm", "sampling_of", "autoencoder_report", "generate", "sample_masks", "sample_mask_prior", "mask_validity",
            "sample_arm", "sample_record", "save_samples", "load_samples", "samples_table", "synthetic_by_step"]

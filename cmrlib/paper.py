@@ -210,6 +210,7 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
         "alpha": fmt(params.paper.alpha, 2), "claims_bootstrap": str(params.paper.bootstrap),
         "margin_mask_dice": fmt(params.paper.margins.mask_dice, 3), "margin_utility_dice": fmt(params.paper.margins.utility_dice, 3),
         "margin_mia_auc": fmt(params.paper.margins.mia_auc, 3), "n_utility_seeds": str(len(params.utility.seeds)),
+        "n_generator_seeds": str(params.generators.n_seeds),
     }
     for arm in registry.names():
         p = registry.get(arm).params(params)
@@ -339,7 +340,14 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
               f"{n['ddpm_batch']}, {n['ddpm_sampler_steps']} sampling steps. LDM: a KL autoencoder ({n['ae_steps']} steps) frozen, "
               f"then diffusion in its latent space ({n['ldm_train_steps']} steps, {n['ldm_sampler_steps']} sampling steps). FM: "
               f"rectified flow ({n['fm_train_steps']} steps, {n['fm_sampler_steps']} sampling steps). Each arm generates "
-              f"{n['n_synthetic']} synthetic images from stage-1 masks and one image from each real test mask (the paired set)."),
+              f"{n['n_synthetic']} synthetic images from stage-1 masks and one image from each real test mask (the paired set). "
+              + (f"Every generator, the mask prior included, is trained with {n['n_generator_seeds']} seeds; the tables show the "
+                 "first, the claims aggregate over all." if n["n_generator_seeds"] != "1" else
+                 "Every generator is trained with one seed: its training variance is not in the intervals.")
+              + (f" With {n['n_real_smallest']} real patients, real + synthetic uses generators (and a mask prior) trained on those "
+                 "same patients only." if params.utility.generators_from == "same" else
+                 f" Real + synthetic at {n['n_real_smallest']} real patients uses the generators trained on all "
+                 f"{n['n_train']} training patients, so information from the others reaches that regime.")),
         ("p", f"**Evaluation.** Fidelity: mask faithfulness (Dice between the conditioning mask and a reference segmenter's "
               f"prediction, the segmenter trained {n['segmenter_steps']} steps on the real training patients; {n['segmenter_stopping']}) "
               f"and FID in that segmenter's feature space. Utility: a DynUNet trained {n['utility_steps']} steps on real, "
@@ -349,7 +357,7 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
               f"slices, non-members = held-out slices. Intervals: {n['confidence']}% percentile bootstrap over patients."),
         ("p", f"**Claims.** Every arm is scored on the same units (test slices for mask faithfulness; test patients and "
               f"{n['n_utility_seeds']} segmenter seed{'s' if n['n_utility_seeds'] != '1' else ''} for utility; member and held-out "
-              "slices for membership), so arms are compared by their paired difference, bootstrapped over seeds and then "
+              f"slices for membership; each of the {n['n_generator_seeds']} generator seed{'s' if n['n_generator_seeds'] != '1' else ''}), so arms are compared by their paired difference, bootstrapped over seeds and then "
               f"patients ({n['claims_bootstrap']} draws). Each table of claims (one per fraction of the training budget) is one "
               f"family: its p-values are Holm-adjusted at a family-wise error rate of {n['alpha']}. A difference is *equivalent* when "
               f"two one-sided tests place it within the margin ({n['margin_mask_dice']} Dice for mask faithfulness, "

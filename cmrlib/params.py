@@ -344,6 +344,10 @@ class GeneratorsParams(_Section):
     n_synthetic: int = Field(default=256, ge=1, description="images per arm generated from stage-1 masks")
     n_synthetic_per_checkpoint: int = Field(
         default=64, ge=1, description="images from the first stage-1 masks at each earlier kept checkpoint (the compute axis)")
+    n_seeds: int = Field(
+        default=1, ge=1, description="training seeds of every generator, the mask prior included: each seed a replica "
+        "trained from its own initialisation and batches (seed 0 fills the tables; the claims aggregate over all, and "
+        "utility seed i trains on generator seed i modulo this)")
     mask_prior: MaskPriorParams = MaskPriorParams()
     ddpm: DDPMParams = DDPMParams()
     ldm: LDMParams = LDMParams()
@@ -423,7 +427,12 @@ class UtilityParams(_Section):
     synthetic_ratio: float | None = Field(
         default=None, gt=0, description="synthetic slices per real slice in real+synthetic (a seeded subset of the arm's "
         "synthetic set); null: the whole synthetic set")
-    seeds: list[int] = Field(default=[0], min_length=1, description="training seeds per regime (aggregated as mean and spread)")
+    seeds: list[int] = Field(default=[0], min_length=1, description="training seeds per regime (aggregated by the "
+                             "hierarchical bootstrap, seeds then patients); seed i trains on generator seed i modulo generators.n_seeds")
+    generators_from: Literal["all", "same"] = Field(
+        default="all", description="the generators of real + synthetic at the fewest real patients: trained on every "
+        "training patient (all), or on the same patients as the segmenter (same: no information from other patients "
+        "reaches the limited-data regime)")
     workers: int = Field(
         default=2, ge=1, description="training runs at once, each a process with (CPU threads / workers) threads "
         "(cmrlib.parallel): 2 on a 2-core CPU trains 1.4x faster; the thread count changes the floats, so the numbers "

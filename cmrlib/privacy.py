@@ -382,12 +382,13 @@ def attacks(params: StudyParams, ref: Reference, errors: dict[str, dict[str, np.
     return table[first + [c for c in table.columns if c not in first]], pd.DataFrame(roc)
 
 
-def loss_units(params: StudyParams, ref: Reference, arm: str, step: int | None, errors: dict[str, np.ndarray]) -> pd.DataFrame:
+def loss_units(params: StudyParams, ref: Reference, arm: str, step: int | None, errors: dict[str, np.ndarray],
+               seed: int = 0) -> pd.DataFrame:
     """The loss attack's score (mean log error over the levels) of every member and holdout slice, as units of
-    :mod:`cmrlib.claims` (label 1 for members); ``step`` None for the final model."""
+    :mod:`cmrlib.claims` (label 1 for members); ``step`` None for the final model, ``seed`` the generator seed."""
     sets = [("train", 1), ("holdout", 0)]
     return claims.units_frame(
-        "mia_auc", arm, 1.0 if step is None else claims.fraction(params, arm, step), 0,
+        "mia_auc", arm, 1.0 if step is None else claims.fraction(params, arm, step), seed,
         np.concatenate([ref.sets[name].meta["patient"].to_numpy() for name, _ in sets]),
         np.concatenate([[f"{name}/{i}" for i in range(len(errors[name]))] for name, _ in sets]),
         mp.loss_scores(np.concatenate([errors[name] for name, _ in sets])),
@@ -396,8 +397,8 @@ def loss_units(params: StudyParams, ref: Reference, arm: str, step: int | None, 
 
 def membership(params: StudyParams, paths: RunPaths, ref: Reference, arms=None) -> Membership:
     """Errors of every arm's model on the training, holdout and (where the run has one) cross-domain slices, and the
-    attacks of every applicable protocol. The loss attack's per-slice scores go to ``metrics/units/privacy.csv``
-    (:func:`loss_units`)."""
+    attacks of every applicable protocol (the first generator seed's models). The loss attack's per-slice scores of
+    every generator seed go to ``metrics/units/privacy.csv`` (:func:`loss_units`)."""
     arms = registry.names() if arms is None else arms
     errors, context, seconds = {}, {}, {}
     for arm in arms:
@@ -408,7 +409,13 @@ def membership(params: StudyParams, paths: RunPaths, ref: Reference, arms=None) 
                         "checkpoint_step": ckpt["step"], "weights": ckpt["weights"]}
         seconds[arm] = time.perf_counter() - start
     table, roc = attacks(params, ref, errors, context)
-    claims.save_units(paths, "privacy", [loss_units(params, ref, arm, None, errors[arm]) for arm in arms])
+    units = [loss_units(params, ref, arm, None, errors[arm]) for arm in arms]
+    for replica in generation.seed_replicas(params)[1:]:  # the other generator seeds: the claims' seed variance
+        for arm in arms:
+            model, _ = generation.load_arm(params, paths, arm, replica=replica)
+            units.append(loss_units(params, ref, arm, None, {name: model_errors(params, model, s.images, s.masks, f"{replica.folder(arm)} errors on {name}")
+                                                            for name, s in (("train", ref.train), ("holdout", ref.holdout))}, replica.seed))
+    claims.save_units(paths, "privacy", units)
     return Membership(table, roc, errors, seconds, protocol_status(ref))
 
 

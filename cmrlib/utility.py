@@ -69,6 +69,7 @@ from .models import SegmentationModel
 from .parallel import map_jobs
 from .params import StudyParams
 from .paths import RunPaths
+from .data.splits import first_patients as real_patients, real_patient_counts as n_real_grid
 from .seeds import seed_for
 from .segmenters import segment
 from .stats import Interval, bootstrap_draws, bootstrap_mean, compare, format_interval, holm, mean_and_spread, seeded_mean
@@ -97,6 +98,7 @@ class Run:
     seed: int
     step: int | None = None  # compute axis: the synthetic subset of the arm's checkpoint at this step (None: the final set)
     budget: float | None = None  # segmenter budget axis: this fraction of utility.segmenter.steps (None: all of it)
+    generators: generation.Replica = generation.PRIMARY  # the generators whose synthetic set it trains on
 
     @property
     def name(self) -> str:
@@ -108,20 +110,24 @@ class Run:
         """What the run's seed derives from: its name without the budget, so that a run at a fraction of the budget
         starts from the same weights and draws the same batches as the whole run (the budget axis compares schedules,
         not seeds)."""
-        return f"{self.regime}_{self.arm}_n{self.n_real}_seed{self.seed}" + ("" if self.step is None else f"_step{self.step}")
+        return (f"{self.regime}_{self.arm}_n{self.n_real}_seed{self.seed}" + ("" if self.step is None else f"_step{self.step}")
+                + ("" if self.generators.primary else f"_generators{self.generators.suffix}"))
+
+    @property
+    def generators_from(self) -> str:
+        """Which patients its generators learned from, as the tables say it: ``all``, or ``same (k patients)``; empty
+        for real-only."""
+        if self.regime == "real":
+            return ""
+        return "all" if self.generators.n_patients is None else f"same ({self.generators.n_patients} patients)"
 
 
-def n_real_grid(params: StudyParams, splits: dict) -> list[int]:
-    """``utility.n_real_patients`` with null resolved to all training patients; sorted, without repeats."""
-    train = splits["sets"]["train"]
-    out = []
-    for k in params.utility.n_real_patients:
-        k = len(train) if k is None else k
-        if not 1 <= k <= len(train):
-            raise ValueError(f"utility.n_real_patients contains {k}, but splits.json has {len(train)} training patients "
-                             f"(data.n_train_patients); use values from 1 to {len(train)}, or null for all")
-        out.append(k)
-    return sorted(set(out))
+def generators_of(params: StudyParams, splits: dict, n_real: int, seed: int) -> generation.Replica:
+    """The generator replica a real + synthetic or synthetic run of ``n_real`` patients and utility seed ``seed``
+    trains on: generator seed (the seed's index in ``utility.seeds``) modulo ``generators.n_seeds``, on the same
+    patients at the fewest real patients when ``utility.generators_from`` is ``same``, else on every patient."""
+    g = params.utility.seeds.index(seed) % params.generators.n_seeds
+    return generation.Replica(g, n_real if n_real == generation.same_patients(params, splits) else None)
 
 
 def plan(params: StudyParams, splits: dict, arms=None) -> list[Run]:
@@ -134,15 +140,10 @@ def plan(params: StudyParams, splits: dict, arms=None) -> list[Run]:
         if "real" in u.regimes:
             runs += [Run("real", NO_ARM, k, seed) for k in grid]
         if "synthetic" in u.regimes:
-            runs += [Run("synthetic", arm, 0, seed) for arm in arms]
+            runs += [Run("synthetic", arm, 0, seed, generators=generators_of(params, splits, 0, seed)) for arm in arms]
         if "real+synthetic" in u.regimes:
-            runs += [Run("real+synthetic", arm, k, seed) for arm in arms for k in grid]
+            runs += [Run("real+synthetic", arm, k, seed, generators=generators_of(params, splits, k, seed)) for arm in arms for k in grid]
     return runs
-
-
-def real_patients(splits: dict, k: int) -> list[str]:
-    """The k-patient real training set: the first k of ``splits["sets"]["train"]`` (nested, balanced over vendors)."""
-    return list(splits["sets"]["train"][:k])
 
 
 @dataclass
@@ -167,7 +168,7 @@ def training_set(params: StudyParams, paths: RunPaths, slices: SliceSet, splits:
     images, masks = [slices.images[rows]], [slices.masks[rows]]
     n_syn = 0
     if run.regime != "real":
-        syn = (generation.load_samples(paths, run.arm, "synthetic") if run.step is None
+        syn = (generation.load_samples(paths, run.generators.folder(run.arm), "synthetic") if run.step is None
                else generation.synthetic_by_step(params, paths, run.arm)[run.step])
         take = np.arange(len(syn["images"]))
         ratio = params.utility.synthetic_ratio
@@ -305,7 +306,8 @@ class Results:
 
 
 def _run_columns(run: Run) -> dict:
-    return {"regime": run.regime, "arm": run.arm, "n_real_patients": run.n_real, "seed": run.seed, "run": run.name}
+    return {"regime": run.regime, "arm": run.arm, "n_real_patients": run.n_real, "seed": run.seed, "run": run.name,
+            "generators_from": run.generators_from, "generator_seed": None if run.regime == "real" else run.generators.seed}
 
 
 def _fingerprint(images: np.ndarray) -> str:
@@ -357,12 +359,13 @@ def run_all(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict
     runs = plan(params, splits, arms)
     done = _train_and_score_all(params, paths, slices, splits, runs, sets, "utility runs")
     volumes = pd.concat([v for d in done for v in d["volumes"]], ignore_index=True)
-    patients = per_patient(volumes, by=["regime", "arm", "n_real_patients", "seed", "run", "eval_set"])
+    patients = per_patient(volumes, by=["regime", "arm", "n_real_patients", "seed", "run", "generators_from", "eval_set"])
     fewest = patients[(patients.regime == "real+synthetic") & (patients.n_real_patients == n_real_grid(params, splits)[0])
                       & (patients.eval_set == "test")]
     claims.save_units(paths, "utility", [claims.units_frame("utility_dice", arm, 1.0, seed, d.patient, d.patient, d.dice_mean)
                                          for (arm, seed), d in fewest.groupby(["arm", "seed"], sort=True)])
-    return Results(pd.DataFrame([d["model"] for d in done]), pd.concat([s for d in done for s in d["slices"]], ignore_index=True),
+    models = pd.DataFrame([d["model"] for d in done]).astype({"generator_seed": "Int64"})  # none for real-only
+    return Results(models, pd.concat([s for d in done for s in d["slices"]], ignore_index=True),
                    volumes, patients, {run.name: d["test_prediction"] for run, d in zip(runs, done)}, sets["test"],
                    {run.name: d["losses"] for run, d in zip(runs, done)},
                    {run.name: d["validation"] for run, d in zip(runs, done) if d["validation"] is not None})
@@ -414,7 +417,8 @@ def against_segmenter_budget(params: StudyParams, paths: RunPaths, slices: Slice
     if not u.segmenter_budgets or not kinds:
         return pd.DataFrame()
     n, seed = n_real_grid(params, splits)[0], u.seeds[0]
-    runs = [Run(regime, arm, n, seed, budget=f) for f in [*u.segmenter_budgets, None] for regime, arm in kinds]
+    runs = [Run(regime, arm, n, seed, budget=f, generators=generators_of(params, splits, n, seed) if regime != "real" else generation.PRIMARY)
+            for f in [*u.segmenter_budgets, None] for regime, arm in kinds]
     done = _train_and_score_all(params, paths, slices, splits, runs, _split_rows(slices, ["test"]),
                                 "utility against segmenter budget")
     dice = {run: per_patient(d["volumes"][0]).set_index("patient")["dice_mean"] for run, d in zip(runs, done)}
@@ -479,6 +483,7 @@ def summary(params: StudyParams, results: Results) -> pd.DataFrame:
         ref = bootstrap_mean(ps[["dice_reference_protocol"]].to_numpy(), pat_of_row.to_numpy(), n_boot=u.bootstrap,
                              level=u.confidence, seed=seed_for(params.seed, "bootstrap", "utility", "slices", key))[0]
         row = {"regime": regime, "arm": arm, "n_real_patients": int(n), "eval_set": eval_set,
+               "generators_from": " / ".join(sorted(set(d["generators_from"]))),
                "dice_mean": dice.estimate, "dice_mean_low": dice.low, "dice_mean_high": dice.high,
                **{c: means[c] for c in DICE},
                "hd95_mean": hd.estimate, "hd95_low": hd.low, "hd95_high": hd.high,
@@ -515,11 +520,11 @@ def _join(values: list[int]) -> str:
 
 
 def dice_table(table: pd.DataFrame, column: str = "dice_mean", low: str = "dice_mean_low", high: str = "dice_mean_high") -> pd.DataFrame:
-    """Wide view: one row per (regime, arm, n real patients, chosen step of each seed), one column per evaluation
-    set, ``estimate [low, high]``."""
+    """Wide view: one row per (regime, arm, n real patients, the patients its generators learned from, chosen step of
+    each seed), one column per evaluation set, ``estimate [low, high]``."""
     t = table.assign(cell=[format_interval(r[column], r[low], r[high]) for _, r in table.iterrows()],
                      chosen_step=table["chosen_steps"].map(_join))
-    wide = t.pivot_table(index=["regime", "arm", "n_real_patients", "chosen_step"], columns="eval_set", values="cell",
+    wide = t.pivot_table(index=["regime", "arm", "n_real_patients", "generators_from", "chosen_step"], columns="eval_set", values="cell",
                          aggfunc="first", sort=False)
     return wide[[c for c in t["eval_set"].unique()]]
 
@@ -530,7 +535,8 @@ def delta_table(table: pd.DataFrame) -> pd.DataFrame:
     t["delta"] = [format_interval(r.delta_vs_real, r.delta_low, r.delta_high) for r in t.itertuples()]
     t["p_holm"] = t["p_holm"].map(lambda p: "n/a" if not np.isfinite(p) else f"{p:.3g}")
     t["chosen_step"] = t["chosen_steps"].map(_join)
-    wide = t.pivot_table(index=["regime", "arm", "n_real_patients", "chosen_step", "baseline_n"], columns="eval_set", values=["delta", "p_holm"],
+    wide = t.pivot_table(index=["regime", "arm", "n_real_patients", "generators_from", "chosen_step", "baseline_n"], columns="eval_set",
+                         values=["delta", "p_holm"],
                          aggfunc="first", sort=False)
     return wide
 

@@ -142,3 +142,27 @@ def test_compare_known_answers():
     c = stats.compare(0.0, np.linspace(-0.01, 0.01, 99), margin=0.1)
     assert c.p_equivalence == pytest.approx(1 / 100) and c.p_difference == 1.0
     assert c.p_noninferiority == pytest.approx(1 / 100) and c.p_inferiority == 1.0
+
+
+def test_the_smoke_run_decides_every_claim_from_two_seeds_of_each_model(smoke_run):
+    import json
+
+    from cmrlib.paths import RunPaths
+
+    _, folder, _ = smoke_run
+    units = claims.load_units(RunPaths(folder))
+    full = units[units.fraction == 1.0]
+    for metric in claims.METRICS:
+        assert set(full.loc[full.metric == metric, "seed"]) == {0, 1}, metric  # generator seeds, or segmenter seeds
+    assert set(units.fraction) > {1.0}  # earlier checkpoints too
+    table = pd.read_csv(folder / "paper" / "tables" / "claims.csv")
+    assert set(table.verdict) <= set(claims.VERDICTS)
+    assert {f"balance_{a}" for a in ARMS} <= set(table.key) and {c.key for c in claims.CLAIMS} <= set(table.key)
+    comparisons = pd.read_csv(folder / "paper" / "tables" / "claims_comparisons.csv")
+    assert set(comparisons.n_seeds[comparisons.fraction == 1.0]) == {2}
+    fid = {(r["set"], r["metric"]): r for r in json.loads((folder / "metrics" / "fidelity.json").read_text())["metrics"]}
+    for key in (("ddpm", "fid"), ("ddpm", "kid"), ("real", "fid")):
+        assert np.isfinite(fid[key]["low"]) and fid[key]["low"] <= fid[key]["high"], key
+    models = pd.read_csv(folder / "tables" / "utility_models.csv")
+    same = models[(models.regime == "real+synthetic") & (models.n_real_patients == 2)]
+    assert set(same.generators_from) == {"same (2 patients)"} and set(same.generator_seed) == {0, 1}

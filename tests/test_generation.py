@@ -60,3 +60,21 @@ def test_kept_checkpoints_are_ordered_distinct_loadable_and_sampled(smoke_run):
         first = by_step[steps[0]]["masks"]
         assert all(np.array_equal(s["masks"], first) for s in by_step.values())  # the same masks at every budget
         assert not np.array_equal(by_step[steps[0]]["images"], by_step[steps[-1]]["images"])
+
+
+def test_replicas_name_their_folders_and_train_on_their_patients():
+    from cmrlib.data.records import SliceSet
+
+    assert generation.PRIMARY.primary and generation.PRIMARY.folder("ddpm") == "ddpm" and generation.PRIMARY.seed_names == ()
+    assert generation.Replica(1).folder("mask_prior") == "mask_prior_seed1"
+    assert generation.Replica(0, 4).folder("ldm_autoencoder") == "ldm_autoencoder_n4_seed0"
+    assert generation.made_by("mask_prior_n4_seed1") == "10_mask_prior" and generation.made_by("fm_seed2") == "20_generator[fm]"
+    splits = {"sets": {"train": ["a", "b", "c", "d"]}}
+    p = params.load(params.project_root() / "params/default.yaml", ["generators.n_seeds=2", "utility.n_real_patients=[2, null]"])
+    assert generation.replicas(p, splits) == [generation.Replica(0), generation.Replica(1)]
+    same = p.model_copy(update={"utility": p.utility.model_copy(update={"generators_from": "same"})})
+    assert generation.replicas(same, splits) == [generation.Replica(0), generation.Replica(1), generation.Replica(0, 2), generation.Replica(1, 2)]
+    meta = pd.DataFrame({"patient": list("aabbcd"), "split": "train"})
+    slices = SliceSet(np.zeros((6, 4, 4), np.float32), np.zeros((6, 4, 4), np.uint8), meta)
+    assert list(generation.training_slices(slices, splits, generation.Replica(1, 2)).meta["patient"]) == list("aabb")
+    assert len(generation.training_slices(slices, splits, generation.Replica(1))) == 6

@@ -132,8 +132,8 @@ def test_what_a_shipped_file_does_not_state_is_the_default_recipe(name, tmp_path
 
 
 def test_the_real_data_files_get_the_default_recipes_generators_samplers_and_evaluation(tmp_path):
-    """Only the segmenters' budget and the utility's seeds differ: patients need more steps than the phantom, and the
-    real-data claims aggregate over three segmenter seeds."""
+    """Only the segmenters' budget and the seeds differ: patients need more steps than the phantom, and the real-data
+    claims aggregate over three generator and segmenter seeds, the fewest-patient regime with its own generators."""
     recipe = params.StudyParams(run_name="x")
     budget = {"steps": 2000, "batch_size": 16, "warmup_steps": 100}
     for name in ("acdc", "mnms", "mnms_to_acdc"):
@@ -144,8 +144,12 @@ def test_the_real_data_files_get_the_default_recipes_generators_samplers_and_eva
                 assert ours.segmenter == default.segmenter.model_copy(update=budget), f"{name}.yaml: {section}.segmenter"
                 ours, default = ours.model_copy(update={"segmenter": None}), default.model_copy(update={"segmenter": None})
             if section == "utility":
-                assert ours.seeds == [0, 1, 2], f"{name}.yaml: utility.seeds"
-                ours, default = ours.model_copy(update={"seeds": None}), default.model_copy(update={"seeds": None})
+                assert ours.seeds == [0, 1, 2] and ours.generators_from == "same", f"{name}.yaml: utility.seeds"
+                drop = {"seeds": None, "generators_from": None}
+                ours, default = ours.model_copy(update=drop), default.model_copy(update=drop)
+            if section == "generators":
+                assert ours.n_seeds == 3, f"{name}.yaml: generators.n_seeds"
+                ours, default = ours.model_copy(update={"n_seeds": 1}), default
             assert ours == default, f"{name}.yaml: {section} is not the default recipe's"
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cmrlib import metrics, segmenters, utility
+from cmrlib import generation, metrics, params as params_mod, segmenters, utility
 from cmrlib.data import prepare
 from cmrlib.generation import save_samples
 from cmrlib.models import SegmentationModel, one_hot
@@ -297,3 +297,19 @@ def test_the_segmenter_budget_axis_trains_each_fraction_with_its_own_schedule(ti
     real_only = p.model_copy(update={"utility": p.utility.model_copy(update={"regimes": ["real"]})})
     assert utility.against_segmenter_budget(real_only, paths, slices, splits, arms=("ddpm",))["regime"].eq("real").all()
     assert utility.against_training_step(real_only, paths, slices, splits, arms=("ddpm",)).empty
+
+
+def test_each_segmenter_seed_trains_on_its_generator_seed_and_same_uses_the_fewest_patients_own_generators():
+    splits = {"sets": {"train": [f"p{i}" for i in range(6)]}}
+    p = params_mod.load(params_mod.project_root() / "params/default.yaml",
+                        ["utility.seeds=[0, 1, 2]", "generators.n_seeds=2", "utility.n_real_patients=[2, null]",
+                         "utility.generators_from=same"])
+    runs = {(r.regime, r.arm, r.n_real, r.seed): r for r in utility.plan(p, splits, ["ddpm"])}
+    assert runs["real+synthetic", "ddpm", 2, 0].generators == generation.Replica(0, 2)
+    assert runs["real+synthetic", "ddpm", 2, 1].generators == generation.Replica(1, 2)
+    assert runs["real+synthetic", "ddpm", 2, 2].generators == generation.Replica(0, 2)  # seed index 2, modulo 2
+    assert runs["real+synthetic", "ddpm", 6, 1].generators == generation.Replica(1)  # every patient: the seed's replica
+    assert runs["real", "none", 2, 1].generators == generation.PRIMARY and runs["real", "none", 2, 1].generators_from == ""
+    assert runs["real+synthetic", "ddpm", 2, 1].name == "real+synthetic_ddpm_n2_seed1_generators_n2_seed1"
+    assert runs["real+synthetic", "ddpm", 2, 1].generators_from == "same (2 patients)"
+    assert runs["real+synthetic", "ddpm", 6, 0].name == "real+synthetic_ddpm_n6_seed0"  # the primary replica: as before

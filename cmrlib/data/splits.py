@@ -134,3 +134,22 @@ def load_splits(path: str | Path) -> dict:
     splits = json.loads(path.read_text())
     check_disjoint(splits)
     return splits
+
+
+def first_patients(splits: dict, k: int) -> list[str]:
+    """The k-patient training set: the first k of ``splits["sets"]["train"]`` (nested, balanced over vendors). The
+    utility axis's limited-data regimes and the same-patients generators (``utility.generators_from: same``)."""
+    return list(splits["sets"]["train"][:k])
+
+
+def real_patient_counts(params, splits: dict) -> list[int]:
+    """``utility.n_real_patients`` with null resolved to all training patients; sorted, without repeats."""
+    train = splits["sets"]["train"]
+    out = []
+    for k in params.utility.n_real_patients:
+        k = len(train) if k is None else k
+        if not 1 <= k <= len(train):
+            raise ValueError(f"utility.n_real_patients contains {k}, but splits.json has {len(train)} training patients "
+                             f"(data.n_train_patients); use values from 1 to {len(train)}, or null for all")
+        out.append(k)
+    return sorted(set(out))
