@@ -1,7 +1,8 @@
 """The reference study's claims, decided by paired differences between arms (``docs/protocol.md#verdicts``).
 
-Every arm is scored on the same units: the same test slices (mask faithfulness), the same test patients and segmenter
-seeds (utility), the same member and non-member slices (membership inference). So a claim is decided by the
+Every arm is scored on the same units: the same test slices (mask faithfulness), the same test patients (utility; the
+segmenter seeds are paired by their label, each arm's run with its own initial weights), the same member and
+non-member slices (membership inference). So a claim is decided by the
 difference between two arms on those units, bootstrapped hierarchically (seeds, then patients:
 :func:`cmrlib.stats.bootstrap_draws`), not by whether two marginal intervals overlap.
 
@@ -23,7 +24,6 @@ arm's step budget. This module reads them (:func:`load_units`) and, per fraction
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from itertools import permutations
 
@@ -121,20 +121,19 @@ def load_units(paths: RunPaths) -> pd.DataFrame:
 
 # -- comparisons ------------------------------------------------------------------------------------------------------
 def _aligned(units: pd.DataFrame, arms: list[str]) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """Per arm a (seeds, units) matrix over the seeds and units all ``arms`` share, and those units' patient and
-    label."""
-    keys = None
-    for arm in arms:
-        mine = set(map(tuple, units.loc[units.arm == arm, ["seed", "unit"]].to_numpy().tolist()))
-        keys = mine if keys is None else keys & mine
-    seeds = sorted({s for s, _ in keys})
-    names = sorted({u for _, u in keys})
+    """Per arm a (seeds, units) matrix over the seeds every arm has and the units every arm has at every one of those
+    seeds, and those units' patient and label. A unit given twice for one arm and seed is an error."""
+    twice = units.duplicated(["arm", "seed", "unit"])
+    if twice.any():
+        r = units[twice].iloc[0]
+        raise ValueError(f"metrics/units: {r.metric} of {r.arm} at fraction {r.fraction}, seed {r.seed}, unit {r.unit} is "
+                         "given twice; re-run the axis notebook that writes it")
+    seeds = sorted(set.intersection(*[set(units.loc[units.arm == a, "seed"]) for a in arms]))
+    wide = {a: units[(units.arm == a) & units.seed.isin(seeds)].pivot(index="seed", columns="unit", values="value").reindex(seeds)
+            for a in arms}
+    names = sorted(set.intersection(*[set(w.columns[w.notna().all(0)]) for w in wide.values()]))
     index = units.drop_duplicates("unit").set_index("unit").loc[names, ["patient", "label"]]
-    matrices = {}
-    for arm in arms:
-        mine = units[units.arm == arm].pivot_table(index="seed", columns="unit", values="value", aggfunc="mean")
-        matrices[arm] = mine.reindex(index=seeds, columns=names).to_numpy(dtype=np.float64)
-    return matrices, index
+    return {a: w[names].to_numpy(dtype=np.float64) for a, w in wide.items()}, index
 
 
 def _statistic(metric: Metric, a: np.ndarray, b: np.ndarray, labels: np.ndarray):
@@ -164,6 +163,8 @@ def comparisons(params: StudyParams, units: pd.DataFrame, arms=None) -> pd.DataF
         if len(present) < 2:
             continue
         matrices, index = _aligned(part, present)
+        if index.empty:
+            continue  # no unit every arm has: no comparison (the verdicts say so)
         labels = index["label"].to_numpy()
         strata = labels if metric.better == "chance" else None
         for first, second in permutations(present, 2):

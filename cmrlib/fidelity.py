@@ -129,7 +129,8 @@ def distribution_rows(set_name: str, real: np.ndarray, fake: np.ndarray, params:
         iv = bootstrap_two_sample(statistic, real_groups, fake_groups, n_boot=f.distance_bootstrap, level=f.confidence,
                                   seed=seed_for(params.seed, "bootstrap", name, set_name))
         text = f"{iv.level:.0%} {iv.method}" + (f"; estimate: mean over {k['n_subsets']} subsets of {k['subset_size']}" if name == "kid" else "")
-        out.append(_row(set_name, name, iv.estimate if estimate is None else estimate, iv.low, iv.high, text + note, len(fake)))
+        shift = 0.0 if estimate is None else estimate - iv.estimate  # KID: the interval around the subsets' mean
+        out.append(_row(set_name, name, iv.estimate + shift, iv.low + shift, iv.high + shift, text + note, len(fake)))
     if min(len(real), len(fake)) > f.k_nearest:
         out += [_row(set_name, name, value, n=len(fake)) for name, value in metrics.prdc(real, fake, k=f.k_nearest).items()]
     return out

@@ -1,8 +1,10 @@
 """The utility axis: does synthetic data help a segmentation network? What ``40_utility`` calls (definitions:
 ``docs/protocol.md#utility``).
 
-Reads ``data/``, ``splits.json`` and ``samples/<arm>/synthetic.npz`` (images generated from stage-1 masks). Writes
-``checkpoints/utility/<regime>_<arm>_n<k>_seed<s>/`` (one segmenter per training run; resumed, or loaded when done),
+Reads ``data/``, ``splits.json`` and ``samples/<arm>/synthetic.npz`` (images generated from stage-1 masks; a
+replica's ``samples/<arm>_seed<g>/`` or ``samples/<arm>_n<k>_seed<g>/`` for the runs that train on it). Writes
+``checkpoints/utility/<regime>_<arm>_n<k>_seed<s>[_generators_<replica>]/`` (one segmenter per training run; resumed,
+or loaded when done),
 ``metrics/utility.json`` and the tables ``tables/utility_*``.
 
 Training runs (:func:`plan`), for each seed of ``utility.seeds``:
@@ -176,7 +178,7 @@ def training_set(params: StudyParams, paths: RunPaths, slices: SliceSet, splits:
             m = int(round(ratio * len(rows)))
             if m > len(take):
                 raise ValueError(f"utility.synthetic_ratio={ratio} asks for {m} synthetic slices with {len(rows)} real "
-                                 f"ones ({run.name}), but samples/{run.arm}/synthetic.npz holds {len(take)}; lower the "
+                                 f"ones ({run.name}), but samples/{run.generators.folder(run.arm)}/synthetic.npz holds {len(take)}; lower the "
                                  "ratio, set it to null (the whole synthetic set) or raise generators.n_synthetic")
             rng = np.random.default_rng(seed_for(params.seed, "utility", "synthetic", run.arm, str(run.seed)))
             take = np.sort(rng.permutation(len(take))[:m])
@@ -381,6 +383,7 @@ def against_training_step(params: StudyParams, paths: RunPaths, slices: SliceSet
     arms = registry.names() if arms is None else arms
     u = params.utility
     if "real+synthetic" not in u.regimes:
+        claims.save_units(paths, "utility_steps", [])  # no stale units of an earlier run
         return pd.DataFrame()
     n, seed = n_real_grid(params, splits)[0], u.seeds[0]
     runs = [Run("real+synthetic", arm, n, seed, step) for arm in arms
