@@ -167,11 +167,15 @@ def comparisons(params: StudyParams, units: pd.DataFrame, arms=None) -> pd.DataF
             continue  # no unit every arm has: no comparison (the verdicts say so)
         labels = index["label"].to_numpy()
         strata = labels if metric.better == "chance" else None
+        drawn = {}  # one bootstrap per pair: its mirror's difference is the negative, draw by draw
         for first, second in permutations(present, 2):
-            statistic = _statistic(metric, matrices[first], matrices[second], labels)
-            estimate, draws = bootstrap_draws(statistic, index["patient"].to_numpy(), n_seeds=len(matrices[first]),
-                                              strata=strata, n_boot=p.bootstrap,
-                                              seed=seed_for(params.seed, "claims", metric_key, str(frac), *sorted([first, second])))
+            if (second, first) in drawn:
+                estimate, draws = (-v for v in drawn[second, first])
+            else:
+                statistic = _statistic(metric, matrices[first], matrices[second], labels)
+                estimate, draws = drawn[first, second] = bootstrap_draws(
+                    statistic, index["patient"].to_numpy(), n_seeds=len(matrices[first]), strata=strata, n_boot=p.bootstrap,
+                    seed=seed_for(params.seed, "claims", metric_key, str(frac), *sorted([first, second])))
             c = compare(estimate, draws, margin_of(params, metric_key), p.confidence)
             rows.append({"fraction": frac, "metric": metric_key, "first": first, "second": second, **c.as_dict(),
                          "n_seeds": len(matrices[first]), "n_patients": int(index["patient"].nunique()), "n_units": len(index)})

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from . import registry
+from .claims import fraction
 from .data.preprocess import pixel_size_mm
 from .jsonio import write_json
 from .params import StudyParams, resolve_path
@@ -165,7 +166,7 @@ def budget_curves(results: dict[str, dict], params: StudyParams) -> pd.DataFrame
         cols = {key: name, f"{key}_low": f"{name}_low", f"{key}_high": f"{name}_high"}
         part = source[["arm", "step", *[c for c in cols if c in source]]].rename(columns=cols)
         curves = curves.merge(part, on=["arm", "step"], how="left")
-    curves["fraction"] = [round(r.step / registry.get(r.arm).params(params).train.steps, 2) for r in curves.itertuples()]
+    curves["fraction"] = [fraction(params, r.arm, r.step) for r in curves.itertuples()]
     return curves.sort_values(["fraction", "arm"]).reset_index(drop=True)
 
 

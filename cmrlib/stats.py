@@ -92,28 +92,12 @@ def bootstrap_statistic(statistic: Callable[[np.ndarray], float], groups: np.nda
     """Any statistic of a set of slices (``statistic(rows) -> float``, rows indexing the slices) with a percentile
     bootstrap interval that resamples whole ``groups`` (patients) with replacement, separately within each stratum
     (for example members and non-members, so every draw keeps both classes). Draws giving NaN are dropped."""
-    groups = np.asarray(groups)
-    strata = np.zeros(len(groups), dtype=int) if strata is None else np.asarray(strata)
-    if len(strata) != len(groups):
-        raise ValueError(f"{len(strata)} strata labels for {len(groups)} group labels")
-    rows_of = {}
-    for i, key in enumerate(zip(strata.tolist(), groups.tolist())):
-        rows_of.setdefault(key, []).append(i)
-    by_stratum: dict = {}
-    for (stratum, _), rows in rows_of.items():
-        by_stratum.setdefault(stratum, []).append(np.asarray(rows))
-    rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(n_boot):
-        rows = [members[j] for members in by_stratum.values() for j in rng.integers(0, len(members), len(members))]
-        boot.append(statistic(np.concatenate(rows)))
-    boot = np.asarray(boot, dtype=np.float64)
-    boot = boot[~np.isnan(boot)]
+    estimate, boot = bootstrap_draws(lambda seeds, rows: statistic(rows), groups, strata=strata, n_boot=n_boot, seed=seed)
     alpha = (1 - level) / 2
     low, high = np.quantile(boot, [alpha, 1 - alpha]) if len(boot) else (np.nan, np.nan)
-    n_groups = len(rows_of)
-    return Interval(float(statistic(np.arange(len(groups)))), float(low), float(high), level, n_groups,
-                    f"percentile bootstrap over {n_groups} groups, {n_boot} draws")
+    strata = np.zeros(len(groups), dtype=int) if strata is None else np.asarray(strata)
+    n_groups = len(set(zip(strata.tolist(), np.asarray(groups).tolist())))
+    return Interval(estimate, float(low), float(high), level, n_groups, f"percentile bootstrap over {n_groups} groups, {n_boot} draws")
 
 
 def bootstrap_two_sample(statistic: Callable[[np.ndarray, np.ndarray], float], groups_a: np.ndarray, groups_b: np.ndarray,
@@ -180,7 +164,7 @@ def bootstrap_draws(statistic: Callable[[np.ndarray, np.ndarray], float], groups
     rng = np.random.default_rng(seed)
     draws = np.empty(n_boot)
     for b in range(n_boot):
-        seeds = rng.integers(0, n_seeds, n_seeds)
+        seeds = rng.integers(0, n_seeds, n_seeds) if n_seeds > 1 else np.zeros(1, dtype=int)  # one seed: no draw
         rows = [members[j] for members in by_stratum.values() for j in rng.integers(0, len(members), len(members))]
         draws[b] = statistic(seeds, np.concatenate(rows))
     return float(statistic(np.arange(n_seeds), np.arange(len(groups)))), draws[~np.isnan(draws)]
