@@ -5,8 +5,8 @@
 - :func:`export` writes a sample set as NIfTI pairs, an nnU-Net raw data set (``imagesTr/``, ``labelsTr/``,
   ``dataset.json``) or one ``.npz``, with a data card (``data_card.json`` and ``data_card.md``: the model, its
   training patients, the sampler, the run's fidelity and privacy results).
-- The **privacy gate** (:func:`privacy_gate`) refuses an arm whose share of copies or membership AUC (from
-  ``metrics/privacy.json``, the notebook ``50_privacy``) exceeds ``export.max_copy_share`` / ``export.max_mia_auc``
+- The **privacy gate** (:func:`privacy_gate`) refuses an arm whose share of copies or released-set attack AUC (from
+  ``metrics/privacy.json``, the notebook ``50_privacy``) exceeds ``export.max_copy_share`` / ``export.max_released_auc``
   of the run's params, naming the numbers; an explicit override reason lets it through and is written into the card.
 
 NIfTI convention: a slice ``(rows, cols)`` is stored as voxel array ``(cols, rows, 1)`` (voxel axis 0 = image columns,
@@ -90,16 +90,21 @@ def privacy_results(paths: RunPaths, arm: str) -> dict:
 
 
 def privacy_gate(params: StudyParams, results: dict, override: str | None = None) -> dict:
-    """Compare an arm's copy share and membership AUC with ``export.max_copy_share`` and ``export.max_mia_auc``.
+    """Compare an arm's copy share and the AUC of the attack on its released set (per patient, pixel space; by its
+    distance from 0.5, as an AUC far below 0.5 reveals members too) with ``export.max_copy_share`` and
+    ``export.max_released_auc``.
     Returns the decision (recorded in the data card); raises :class:`PrivacyGateError` when a number exceeds its
     threshold and no ``override`` reason is given."""
-    limits = {"copy_share": params.export.max_copy_share, "mia_auc": params.export.max_mia_auc}
+    limits = {"copy_share": params.export.max_copy_share, "released_auc": params.export.max_released_auc}
     failures = []
     for key, limit in limits.items():
         value = results.get(key)
         if value is None or not np.isfinite(value):
             failures.append(f"{key} is missing from the privacy results")
-        elif value > limit:
+        elif key == "released_auc" and abs(value - 0.5) > limit - 0.5:  # an AUC far below 0.5 reveals members too
+            failures.append(f"{key} = {value:.3f} is {abs(value - 0.5):.3f} from chance, beyond export.max_{key} = {limit} "
+                            f"({limit - 0.5:.2f} from chance)")
+        elif key != "released_auc" and value > limit:
             failures.append(f"{key} = {value:.3f} exceeds export.max_{key} = {limit}")
     decision = {"limits": limits, "values": {k: results.get(k) for k in limits}, "passed": not failures,
                 "failures": failures, "override": override}

@@ -48,18 +48,22 @@ MASK_PRIOR_STAGE = "10_mask_prior"
 @dataclass(frozen=True)
 class Replica:
     """One trained copy of the generators (mask prior and arms): training seed ``seed`` of ``generators.n_seeds``, on
-    every training patient (``n_patients`` None) or on the first ``n_patients`` of them."""
+    every training patient (``n_patients`` None) or on the first ``n_patients`` of them; ``control`` names a privacy
+    control's copy of an arm (:mod:`cmrlib.privacy_controls`), trained on data of its own."""
 
     seed: int = 0
     n_patients: int | None = None
+    control: str = ""
 
     @property
     def primary(self) -> bool:
-        return self.seed == 0 and self.n_patients is None
+        return self.seed == 0 and self.n_patients is None and not self.control
 
     @property
     def suffix(self) -> str:
         """What the replica's folders add to the model's name: nothing for the primary one."""
+        if self.control:
+            return f"_control-{self.control}"
         return "" if self.primary else (f"_n{self.n_patients}" if self.n_patients else "") + f"_seed{self.seed}"
 
     def folder(self, name: str) -> str:
@@ -108,6 +112,8 @@ def training_slices(slices: SliceSet, splits: dict, replica: Replica = PRIMARY) 
 def made_by(name: str) -> str:
     """The runner's stage that writes the checkpoints and samples of ``name`` (the mask prior or an arm, in any
     replica)."""
+    if re.search(r"_control-[a-z-]+$", name):
+        return "50_privacy"  # the privacy controls train their own copies of an arm
     name = re.sub(r"(_n\d+)?_seed\d+$", "", name)
     if name == MASK_PRIOR:
         return MASK_PRIOR_STAGE
@@ -188,8 +194,8 @@ def build_arm(params: StudyParams, arm: str) -> torch.nn.Module:
 
 def train_autoencoder(params: StudyParams, paths: RunPaths, arm: str, train: SliceSet, model: torch.nn.Module,
                       replica: Replica = PRIMARY) -> training.TrainResult:
-    """Train the autoencoder of ``arm`` (section key ``autoencoder``) on the training patients, put its EMA weights
-    into ``model.autoencoder`` (frozen) and scale the latents."""
+    """Train the autoencoder of ``arm`` (section key ``autoencoder``) on ``train`` (the training patients), put its
+    EMA weights into ``model.autoencoder`` (frozen) and scale the latents."""
     spec = registry.get(arm)
     folder = replica.folder(spec.autoencoder_dir)
     ae = models.Autoencoder(**{k: v for k, v in model.autoencoder.config.items() if k != "family"})
@@ -215,13 +221,14 @@ def autoencoder_report(ldm: models.LatentDiffusion, *sets: SliceSet, names=("tra
     return recon[:, 0].numpy(), pd.DataFrame(rows).T
 
 
-def train_arm(params: StudyParams, paths: RunPaths, arm: str, train: SliceSet, replica: Replica = PRIMARY
-              ) -> tuple[torch.nn.Module, training.TrainResult]:
-    """Train (or resume) an arm on the training patients, its autoencoder first where it has one."""
+def train_arm(params: StudyParams, paths: RunPaths, arm: str, train: SliceSet, replica: Replica = PRIMARY,
+              autoencoder_train: SliceSet | None = None) -> tuple[torch.nn.Module, training.TrainResult]:
+    """Train (or resume) an arm on the training patients, its autoencoder first where it has one (on
+    ``autoencoder_train`` when given, else on the same patients)."""
     spec = registry.get(arm)
     model = build_arm(params, arm)
     if spec.autoencoder:
-        train_autoencoder(params, paths, arm, train, model, replica)
+        train_autoencoder(params, paths, arm, train if autoencoder_train is None else autoencoder_train, model, replica)
     cfg = train_config(spec.params(params).train, params.seed, arm, *replica.seed_names)
     result = training.train(model, images_tensor(train), masks_tensor(train.masks), cfg, paths.checkpoints / replica.folder(arm),
                             desc=replica.folder(spec.label))
@@ -239,7 +246,7 @@ def load_arm(params: StudyParams, paths: RunPaths, arm: str, step: int | None = 
     model = build_mask_prior(params) if arm == MASK_PRIOR else build_arm(params, arm)
     folder = paths.checkpoints / replica.folder(arm)
     path = folder / "last.pt" if step is None else training.kept_checkpoints(folder).get(step, folder / f"step_{step:07d}.pt")
-    ckpt = training.load_checkpoint(path, model, weights=weights or sampling_of(params, arm).weights, made_by=made_by(arm))
+    ckpt = training.load_checkpoint(path, model, weights=weights or sampling_of(params, arm).weights, made_by=made_by(replica.folder(arm)))
     return model.to(device()).eval(), ckpt
 
 

@@ -33,22 +33,24 @@ from .claims import fraction
 from .data.preprocess import pixel_size_mm
 from .jsonio import write_json
 from .params import StudyParams, resolve_path
+from .privacy import REFERENCE_TEST_SHARE
 from .stats import format_interval
 from .paths import RunPaths
 
 STAGE = "90_paper"
 MADE_BY = {"fidelity": "30_fidelity", "utility": "40_utility", "privacy": "50_privacy"}
 
-# the trade-off's metrics: (axis, key, label, better), better = "higher" or "lower"
+# the trade-off's metrics: (axis, key, label, better), better = "higher", "lower" or "nearer 0.5"
 AXES = [
     ("fidelity", "mask_dice", "mask faithfulness (mean Dice)", "higher"),
     ("fidelity", "fid_seg", "FID (seg space)", "lower"),
     ("utility", "utility_dice", "Dice, real + synthetic, fewest real patients", "higher"),
     ("utility", "utility_delta", "change vs real only (Dice)", "higher"),
     ("utility", "cross_dice", "Dice, real + synthetic, cross-domain", "higher"),
-    ("privacy", "mia_auc", "membership AUC (ours)", "lower"),
+    ("privacy", "released_auc", "released-set attack AUC (per patient)", "nearer 0.5"),
+    ("privacy", "mia_auc", "membership AUC (white box, loss attack)", "nearer 0.5"),
     ("privacy", "copy_share", "share flagged as copies", "lower"),
-    ("privacy", "dcr_score", "DCR score (0.5: no closer than unseen)", "lower"),
+    ("privacy", "dcr_train_share", "DCR share closer to training (0.5: no overfitting)", "nearer 0.5"),
 ]
 
 
@@ -140,13 +142,13 @@ def trade_off(results: dict[str, dict], arms=None) -> pd.DataFrame:
                 add(arm, "cross_dice", c.dice_mean, c.dice_mean_low, c.dice_mean_high)
         p = privacy.get(arm)
         if p:
-            for key in ("mia_auc", "copy_share", "dcr_score"):
+            for key in ("released_auc", "mia_auc", "copy_share", "dcr_train_share"):
                 add(arm, key, p.get(key), p.get(f"{key}_low"), p.get(f"{key}_high"))
     return pd.DataFrame(rows)
 
 
 BUDGET_METRICS = {"mask_dice": ("fidelity", "dice_mean"), "utility_dice": ("utility", "dice_mean"), "mia_auc": ("privacy", "mia_auc"),
-                  "copy_share": ("privacy", "copy_share")}
+                  "released_auc": ("privacy", "released_auc"), "copy_share": ("privacy", "copy_share")}
 
 
 def budget_curves(results: dict[str, dict], params: StudyParams) -> pd.DataFrame:
@@ -201,7 +203,8 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
         "ae_steps": str(g.ldm.autoencoder.train.steps), "n_snr": str(len(params.privacy.mia_snr)),
         "ddpm_prediction": {"epsilon": "noise", "v_prediction": "velocity"}[g.ddpm.schedule.prediction_type] + " prediction",
         "mia_draws": str(params.privacy.mia_draws), "max_copy_share": fmt(params.export.max_copy_share, 2),
-        "max_mia_auc": fmt(params.export.max_mia_auc, 2), "chance": "0.5",
+        "max_released_auc": fmt(params.export.max_released_auc, 2), "chance": "0.5",
+        "reference_fit_percent": f"{(1 - REFERENCE_TEST_SHARE) * 100:.0f}",
         "n_cross_sets": str(len(cross_sets(results["utility"]))),
         "first_cross_set": next(iter(cross_sets(results["utility"])), "none").removeprefix("cross_"),
         "reference_protocol": "applicable" if reference_protocol_applies(results["privacy"]) else "not applicable",
@@ -209,7 +212,8 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
             "not applicable: "),
         "alpha": fmt(params.paper.alpha, 2), "claims_bootstrap": str(params.paper.bootstrap),
         "margin_mask_dice": fmt(params.paper.margins.mask_dice, 3), "margin_utility_dice": fmt(params.paper.margins.utility_dice, 3),
-        "margin_mia_auc": fmt(params.paper.margins.mia_auc, 3), "n_utility_seeds": str(len(params.utility.seeds)),
+        "margin_mia_auc": fmt(params.paper.margins.mia_auc, 3), "margin_released_auc": fmt(params.paper.margins.released_auc, 3),
+        "n_utility_seeds": str(len(params.utility.seeds)),
         "n_generator_seeds": str(params.generators.n_seeds),
     }
     for arm in registry.names():
@@ -234,6 +238,10 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
         out[f"{arm}_reference_mia_auc"] = fmt(_num(r.get("reference_mia_auc")))
         out[f"{arm}_domain_shift_auc"] = fmt(_num(r.get("domain_shift_auc")))
         out[f"{arm}_mia_tpr"] = fmt(_num(r.get("mia_tpr_at_1fpr")))
+        out[f"{arm}_released_tpr"] = fmt(_num(r.get("released_tpr_at_1fpr")))
+        out[f"{arm}_never_seen_auc"] = fmt(_num(r.get("never_seen_auc")))
+        for key in ("reference_attack_auc", "reference_attack_auc_matched", "reference_attack_auc_ours"):
+            out[f"{arm}_{key}"] = fmt(_num(r.get(key)))
     real = {r["metric"]: r for r in results["fidelity"]["metrics"] if r["set"] == "real"}
     if "dice_mean" in real:
         out["real_mask_dice"] = fmt(real["dice_mean"]["estimate"])
@@ -289,15 +297,24 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
                      else " No cross-domain set: generalisation to other vendors is not measured by this run.")
     arms = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_mask_dice')}" for a in registry.names())
     utility = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_utility_dice')}" for a in registry.names())
+    released_auc = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_released_auc')} (TPR at 1% FPR {n.get(f'{a}_released_tpr', 'n/a')})"
+                             for a in registry.names())
     privacy = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_mia_auc')}" for a in registry.names())
+    never_seen = ", ".join(f"{registry.label(a)} {n.get(f'{a}_never_seen_auc', 'n/a')}" for a in registry.names())
     reference_auc = ", ".join(f"{registry.label(a)} {n.get(f'{a}_reference_mia_auc', 'n/a')}" for a in registry.names())
     copies = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_copy_share')}" for a in registry.names())
-    dcr = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_dcr_score')}" for a in registry.names())
+    dcr = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_dcr_train_share')}" for a in registry.names())
     shift = ", ".join(f"{registry.label(a)} {n.get(f'{a}_domain_shift_auc', 'n/a')}" for a in registry.names())
+    reference_attack = "; ".join(
+        f"{registry.label(a)} {n.get(f'{a}_reference_attack_auc', 'n/a')} (matched noise levels "
+        f"{n.get(f'{a}_reference_attack_auc_matched', 'n/a')}; held-out non-members {n.get(f'{a}_reference_attack_auc_ours', 'n/a')})"
+        for a in registry.names())
     reference_text = (
         f"With the reference protocol (non-members from another vendor): {reference_auc}; a control that pits two "
         f"non-member sets against each other (held-out patients against the other vendor) reaches {shift}: the part of "
-        "the reference protocol's AUC that this control also reaches is vendor shift, not membership."
+        "the reference protocol's AUC that this control also reaches is vendor shift, not membership. The reference's "
+        "own attack (logistic regression on the band-pass error and 1 - SSIM of a one-step estimate, at its noise "
+        f"levels, fitted on {n['reference_fit_percent']}% of the slices): {reference_attack}."
         if n.get("reference_protocol", "applicable") == "applicable" else
         "The reference protocol (non-members from another vendor) and its domain-shift control are not applicable: "
         f"{n['reference_protocol_reason'] or 'the run has no cross-domain set'}.")
@@ -361,12 +378,14 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
               f"patients ({n['claims_bootstrap']} draws). Each table of claims (one per fraction of the training budget) is one "
               f"family: its p-values are Holm-adjusted at a family-wise error rate of {n['alpha']}. A difference is *equivalent* when "
               f"two one-sided tests place it within the margin ({n['margin_mask_dice']} Dice for mask faithfulness, "
-              f"{n['margin_utility_dice']} Dice for utility, {n['margin_mia_auc']} for membership AUC), else *better* or *worse* when it "
-              "differs from 0, else unclear. Privacy claims read the loss attack's AUC by its distance from 0.5, so an AUC below "
+              f"{n['margin_utility_dice']} Dice for utility, {n['margin_mia_auc']} for the white-box membership AUC and "
+              f"{n['margin_released_auc']} for the released-set AUC), else *better* or *worse* when it "
+              "differs from 0, else unclear. Privacy claims read an attack's AUC by its distance from 0.5, so an AUC below "
               "chance is no better privacy than the same distance above it. A claim that an arm is best is *confirmed* when it "
               "is better than every other arm, *refuted* when it is worse than one, *equivalent* when it ties within the margin "
               "with some and beats the rest, and *inconclusive* otherwise. An arm gives the *best balance* when it is not worse "
-              "than any other arm by more than the margin on fidelity, utility and privacy (non-inferiority) and better than "
+              "than any other arm by more than the margin on fidelity, utility and privacy (the released-set attack; "
+              "non-inferiority) and better than "
               "some arm on at least one of them."),
         ("h2", "Results"),
         ("fig", "paper_samples", "The paired set: real test masks, the image each arm generated from them, and the real image."),
@@ -374,9 +393,14 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
         ("p", f"**Utility.** With {n['n_real_smallest']} real patients plus synthetic data, in-domain Dice: {utility}; real "
               f"only: {_interval(n, 'real_only_utility_dice')}; change against real only: {deltas}.{cross_utility}{seg_budget_text}"),
         ("fig", "paper_utility", "Segmentation Dice against the number of real training patients, per regime and arm."),
-        ("p", f"**Privacy.** Membership AUC (ours): {privacy}. {reference_text} Share of synthetic images "
-              f"flagged as copies: {copies}; distance-to-closest-record score ({n['chance']}: no closer to the training patients than "
-              f"unseen patients are; 1: copies): {dcr}."),
+        ("p", f"**Privacy.** The attack on the released synthetic set (an attacker with the synthetic images and a candidate "
+              f"patient's real images; AUC per patient, members against held-out patients, {n['chance']}: chance): {released_auc}. "
+              f"Membership AUC of the white-box loss attack (each model's own error): {privacy}; the same attack on two "
+              f"never-trained-on sets (held-out against test patients, nothing to find): {never_seen}. {reference_text} "
+              f"Share of synthetic images flagged as copies: {copies}; share of synthetic images closer to the training set "
+              f"than to an equal-size held-out set (DCR, {n['chance']}: no overfitting; 1: copies): {dcr}. The calibration "
+              "controls (canary patients, the phantom without its per-patient signature, the autoencoder trained elsewhere) "
+              "are in the table privacy_controls."),
         ("fig", "paper_privacy", "Membership inference: AUC against noise level per arm (ours)."),
         ("fig", "paper_trade_off", "The trade-off: each arm on fidelity, utility and privacy, with intervals."),
         ("table", "trade_off", "Each arm on the three axes (estimate, interval)."),

@@ -52,6 +52,9 @@ class PhantomParams(_Section):
     field_of_view_mm: float = Field(default=200.0, gt=0)
     slice_spacing_mm: float = Field(default=10.0, gt=0, description="distance between adjacent short-axis slices (ACDC's "
                                     "are 5 to 10 mm apart): the through-plane spacing of 3D HD95 and ASD")
+    signature: float = Field(default=1.0, ge=0, description="scale of each patient's appearance signature (texture, "
+                             "contrast jitter, bias field, lung vessels): what a generator that memorises a patient "
+                             "reproduces; 0: patients differ by anatomy and noise alone (the privacy negative control)")
 
 
 # what data.root must hold, per real source (the loaders in cmrlib.data say more)
@@ -453,6 +456,24 @@ class UtilityParams(_Section):
         return value
 
 
+CONTROLS = ("canary", "no-signature", "autoencoder-elsewhere")
+
+
+class PrivacyControlsParams(_Section):
+    """The privacy axis's calibration controls that train a copy of an arm (``cmrlib.privacy_controls``); the controls
+    that train nothing (unseen patients as members, the training set as the released set) always run."""
+
+    run: list[Literal["canary", "no-signature", "autoencoder-elsewhere"]] = Field(
+        default=list(CONTROLS), description="canary: canary patients repeated in training, the positive control; "
+        "no-signature: the phantom without its per-patient signature (phantom runs only), a negative control; "
+        "autoencoder-elsewhere: each arm with an autoencoder retrained with it on patients neither members nor holdout")
+    arm: str = Field(default="ddpm", description="the arm trained by the canary and no-signature controls (its own budget)")
+    canary_patients: int = Field(default=4, ge=2, description="training patients made canaries (2 at least: the calibrated attack "
+                                 "deals each class's patients to 2 folds; 4 against 8 holdout patients let the permutation "
+                                 "test reach p < 0.01)")
+    canary_repeats: int = Field(default=10, ge=2, description="times each canary's slices appear in the control's training set")
+
+
 class PrivacyParams(_Section):
     copy_ratio: float = Field(default=0.6, gt=0, le=1, description="nearest/second-nearest L2 ratio below which a synthetic image is flagged (the reference's 0.6)")
     copy_correlation: float = Field(default=0.95, gt=0, le=1, description="maximum Pearson correlation with a training image above which it is flagged")
@@ -462,17 +483,20 @@ class PrivacyParams(_Section):
         default=[0.3, 1.0, 3.0, 10.0], min_length=1,
         description="signal-to-noise ratios (abar/(1-abar) = t^2/(1-t)^2) at which every arm's error is measured: the "
         "reference's DDPM band (t in [300, 600): SNR 0.08-0.67) and the low-noise levels where memorisation shows most")
-    mia_draws: int = Field(default=1, ge=1, description="noise draws averaged per slice and level (fixed seeds)")
+    mia_draws: int = Field(default=4, ge=1, description="noise draws averaged per slice and level (fixed seeds)")
     reference_protocol_domain: str | None = Field(
         default=None, description="cross-domain set whose reference protocol the summary and the figures read (every "
         "set is attacked); null: the first cross_<domain> (in data.cross_domains' order) of at least 2 patients")
+    controls: PrivacyControlsParams = PrivacyControlsParams()
+    permutations: int = Field(default=2000, ge=10, description="patient-label permutations of each attack's test of chance")
     bootstrap: int = Field(default=1000, ge=10)
     confidence: float = Field(default=0.95, gt=0, lt=1)
 
 
 class ExportParams(_Section):
     max_copy_share: float = Field(default=0.01, ge=0, le=1, description="the privacy gate: largest share of synthetic images flagged as copies")
-    max_mia_auc: float = Field(default=0.6, ge=0.5, le=1, description="the privacy gate: largest membership AUC (upper interval bound not used)")
+    max_released_auc: float = Field(default=0.6, ge=0.5, le=1, description="the privacy gate: largest AUC of the attack on "
+                                    "the released set (per patient, pixel space; the estimate, not its upper bound)")
 
 
 class MarginParams(_Section):
@@ -482,6 +506,7 @@ class MarginParams(_Section):
     mask_dice: float = Field(default=0.01, gt=0, description="mask faithfulness, mean foreground Dice")
     utility_dice: float = Field(default=0.01, gt=0, description="utility, mean foreground Dice of the segmenter")
     mia_auc: float = Field(default=0.05, gt=0, description="membership AUC, as its distance from 0.5")
+    released_auc: float = Field(default=0.05, gt=0, description="AUC of the attack on the released set, as its distance from 0.5")
 
 
 class PaperParams(_Section):

@@ -410,7 +410,7 @@ def most_similar_pairs(pairs: pd.DataFrame, images: dict[str, np.ndarray], train
 def dcr_histograms(samples: dict[str, pd.DataFrame], reference: str, scores: dict[str, float] | None = None,
                    column: str = "l2") -> plt.Figure:
     """Distance to the closest training record: each set's histogram against the ``reference`` set's (the real
-    unseen patients), one panel per set; ``scores`` (the DCR score per set) go into the titles."""
+    unseen patients), one panel per set; ``scores`` (the DCR share closer to training per set) go into the titles."""
     names = [k for k in samples if k != reference]
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.7), squeeze=False, sharey=False)
     ref_values = samples[reference][column].to_numpy()
@@ -419,7 +419,7 @@ def dcr_histograms(samples: dict[str, pd.DataFrame], reference: str, scores: dic
         bins = np.linspace(0, max(values.max(), ref_values.max()) * 1.02, 40)
         ax.hist(values, bins=bins, density=True, alpha=0.6, label=f"{name} (synthetic)")
         ax.hist(ref_values, bins=bins, density=True, alpha=0.6, label=reference)
-        title = name if scores is None else f"{name}: DCR score {scores[name]:.2f}"
+        title = name if scores is None else f"{name}: DCR share {scores[name]:.2f}"
         ax.set(xlabel=f"distance to closest training image ({column})", title=title)
         ax.legend(frameon=False, fontsize=6)
     axes[0, 0].set_ylabel("density")
@@ -452,9 +452,9 @@ def roc_curves(roc: pd.DataFrame, fpr_mark: float = 0.01) -> plt.Figure:
 def auc_against_noise_level(table: pd.DataFrame, protocols: tuple[str, ...] = ("ours", "reference")) -> plt.Figure:
     """Membership AUC of the loss attack at each noise level (SNR, log axis), one line per arm with interval bars,
     one panel per protocol that the table holds (a run without a cross-domain set has no reference protocol); the
-    aggregated calibrated attack as a dashed horizontal line per arm. From ``cmrlib.privacy.Membership.table`` (its
-    primary rows: the reference protocol on the primary cross-domain set)."""
-    table = table[table["primary"].astype(bool)]
+    aggregated loss attack as a dashed horizontal line per arm. From ``cmrlib.privacy.Membership.table`` (its primary
+    slice-level rows: the reference protocol on the primary cross-domain set)."""
+    table = table[table["primary"].astype(bool) & (table["unit"] == "slice")]
     protocols = tuple(p for p in protocols if (table["protocol"] == p).any()) or protocols[:1]
     fig, axes = plt.subplots(1, len(protocols), figsize=(3.6 * len(protocols), 3.0), squeeze=False, sharey=True)
     for ax, protocol in zip(axes[0], protocols):
@@ -464,9 +464,9 @@ def auc_against_noise_level(table: pd.DataFrame, protocols: tuple[str, ...] = ("
             lv = a[(a["attack"] == "loss") & (a["level"] != "all")].sort_values("snr")
             err = np.vstack([lv["auc"] - lv["auc_low"], lv["auc_high"] - lv["auc"]]).clip(min=0)
             ax.errorbar(lv["snr"], lv["auc"], yerr=err, marker="o", ms=3, capsize=2, color=colour, label=arm_label(arm))
-            cal = a[(a["attack"] == "calibrated") & (a["level"] == "all")]
-            if len(cal):
-                ax.axhline(float(cal["auc"].iloc[0]), color=colour, ls="--", lw=0.8, label=f"{arm_label(arm)}: calibrated, all levels")
+            every = a[(a["attack"] == "loss") & (a["level"] == "all")]
+            if len(every):
+                ax.axhline(float(every["auc"].iloc[0]), color=colour, ls="--", lw=0.8, label=f"{arm_label(arm)}: all levels")
         ax.axhline(0.5, color="grey", ls=":", lw=0.8)
         ax.set(xscale="log", ylim=(0.3, 1.02), xlabel="SNR of the attacked noise level", title=f"{protocol} protocol")
     axes[0, 0].set_ylabel("membership AUC (loss attack per level)")
@@ -476,7 +476,7 @@ def auc_against_noise_level(table: pd.DataFrame, protocols: tuple[str, ...] = ("
 
 
 # -- the paper (90_paper) ----------------------------------------------------------------------------------------------
-def trade_off(table: pd.DataFrame, metrics=("mask_dice", "utility_dice", "mia_auc")) -> plt.Figure:
+def trade_off(table: pd.DataFrame, metrics=("mask_dice", "utility_dice", "released_auc")) -> plt.Figure:
     """One panel per axis metric of the trade-off table (long: arm, metric, label, better, estimate, low, high): each
     arm's estimate with its interval; the real-only baseline (utility) as a dashed line, chance (AUC 0.5) dotted."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.8))
@@ -494,7 +494,7 @@ def trade_off(table: pd.DataFrame, metrics=("mask_dice", "utility_dice", "mia_au
         if len(base):
             ax.axhline(base.estimate.iloc[0], ls="--", color="grey", label="real only")
             ax.legend(frameon=False, fontsize=7)
-        if metric == "mia_auc":
+        if rows.better.iloc[0] == "nearer 0.5":
             ax.axhline(0.5, ls=":", color="grey")
         better = rows.better.iloc[0]
         ax.set_title(f"{rows.label.iloc[0]}\n({better} is better)", fontsize=8)

@@ -81,6 +81,9 @@ def problems(params: StudyParams, counts: Counts | None) -> list[str]:
     if any(r != "real" for r in u.regimes) and g.n_synthetic < u.segmenter.batch_size:
         out.append(f"40_utility: generators.n_synthetic = {g.n_synthetic} is smaller than utility.segmenter.batch_size = "
                    f"{u.segmenter.batch_size}; raise the one or lower the other")
+    c = pr.controls
+    if {"canary", "no-signature"} & set(c.run) and c.arm not in registry.names():
+        out.append(f"50_privacy: privacy.controls.arm = {c.arm!r} is not an arm; choose one of {', '.join(registry.names())}")
     if counts is None:
         return out
     where = f" (counts from {counts.source})"
@@ -88,11 +91,15 @@ def problems(params: StudyParams, counts: Counts | None) -> list[str]:
     if n.get("test", 0) < 1:
         out.append("30_fidelity, 40_utility: the paired set and every test score need in-domain test patients, and there are none"
                    f"{where}: set data.n_test_patients >= 1")
-    for name, need in (("train", 2), ("holdout", 2)):
+    for name, need in (("train", 2), ("holdout", 2), ("test", 2)):  # test: the never-seen control's second set
         if n.get(name, 0) < need:
-            key = "data.n_train_patients" if name == "train" else "data.n_holdout_patients"
+            key = f"data.n_{name}_patients"
             out.append(f"50_privacy: the calibrated membership attack deals {name} patients to 2 folds and needs at least "
                        f"{need}, got {n.get(name, 0)}{where}: set {key} >= {need}")
+    if "canary" in c.run and c.canary_patients > n.get("train", 0) - 2:
+        out.append(f"50_privacy: privacy.controls.canary_patients = {c.canary_patients} leaves fewer than 2 training "
+                   f"patients that are not canaries ({n.get('train', 0)} training patients{where}): lower it, or drop "
+                   "'canary' from privacy.controls.run")
     cross = sorted(k for k in n if k.startswith("cross_"))
     if pr.reference_protocol_domain is not None and f"cross_{pr.reference_protocol_domain}" not in cross:
         out.append(f"50_privacy: privacy.reference_protocol_domain = {pr.reference_protocol_domain!r} is not a cross-domain "

@@ -419,7 +419,7 @@ def test_unknown_arm(tmp_path, call):
 
 @pytest.mark.parametrize("copy_share", [pytest.param(None, id="missing"), pytest.param(float("nan"), id="nan")])
 def test_privacy_gate_needs_both_numbers(copy_share):
-    results = {"arm": "ddpm", "mia_auc": 0.5} | ({} if copy_share is None else {"copy_share": copy_share})
+    results = {"arm": "ddpm", "released_auc": 0.5} | ({} if copy_share is None else {"copy_share": copy_share})
     with pytest.raises(export.PrivacyGateError, match=r"arm 'ddpm' refused: copy_share is missing from the privacy results\. Raise"):
         export.privacy_gate(load(SMOKE), results)
 

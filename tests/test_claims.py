@@ -29,14 +29,15 @@ def dice_units(metric: str, shifts: dict[str, float], noise: float, n_patients: 
     return pd.concat(frames, ignore_index=True)
 
 
-def auc_units(separation: dict[str, float], n_patients: int = 12, per_patient: int = 6, seed: int = 0) -> pd.DataFrame:
+def auc_units(separation: dict[str, float], n_patients: int = 12, per_patient: int = 6, seed: int = 0,
+              metric: str = "mia_auc") -> pd.DataFrame:
     """Attack scores of members (label 1) and non-members: members shifted by each arm's separation."""
     rng = np.random.default_rng(seed)
     n = 2 * n_patients * per_patient
     patients = np.repeat([f"p{i:02d}" for i in range(2 * n_patients)], per_patient)
     labels = (np.arange(n) < n // 2).astype(int)
     noise = rng.normal(0, 1, n)  # shared: arms of equal separation score exactly alike
-    frames = [claims.units_frame("mia_auc", arm, 1.0, 0, patients, np.arange(n), noise + sep * labels, labels)
+    frames = [claims.units_frame(metric, arm, 1.0, 0, patients, np.arange(n), noise + sep * labels, labels)
               for arm, sep in separation.items()]
     return pd.concat(frames, ignore_index=True)
 
@@ -94,13 +95,13 @@ def test_auc_is_judged_by_its_distance_from_chance():
 def test_balance_needs_non_inferiority_on_every_axis_and_one_win():
     units = pd.concat([dice_units("mask_dice", {"ddpm": 0.1, "ldm": 0.0, "fm": 0.0}, noise=0.002, seed=1),
                        dice_units("utility_dice", {"ddpm": 0.0, "ldm": 0.0, "fm": 0.0}, noise=0.002, seed=2),
-                       auc_units({"ddpm": 0.0, "ldm": 0.0, "fm": 0.0})])
+                       auc_units({"ddpm": 0.0, "ldm": 0.0, "fm": 0.0}, metric="released_auc")])
     table = claims.comparisons(params(), units, ARMS)
     v = claims.verdicts(params(), table, arms=ARMS).set_index("key")
     assert v.loc["balance_ddpm", "verdict"] == "confirmed", v.loc["balance_ddpm", "reason"]
     assert v.loc["balance_ldm", "verdict"] == "refuted"  # worse than DDPM on mask faithfulness by more than the margin
-    # a privacy failure beyond the margin refutes DDPM's balance
-    units = pd.concat([units[units.metric != "mia_auc"], auc_units({"ddpm": 3.0, "ldm": 0.0, "fm": 0.0})])
+    # a privacy failure beyond the margin (the attack on the released set) refutes DDPM's balance
+    units = pd.concat([units[units.metric != "released_auc"], auc_units({"ddpm": 3.0, "ldm": 0.0, "fm": 0.0}, metric="released_auc")])
     v = claims.verdicts(params(), claims.comparisons(params(), units, ARMS), arms=ARMS).set_index("key")
     assert v.loc["balance_ddpm", "verdict"] == "refuted"
 

@@ -14,7 +14,7 @@ from cmrlib.paths import RunPaths
 from conftest import REPO
 
 
-def fake_run(tmp_path, *, copy_share=0.0, mia_auc=0.52, n=5, size=16) -> RunPaths:
+def fake_run(tmp_path, *, copy_share=0.0, released_auc=0.52, n=5, size=16) -> RunPaths:
     """A run folder holding what export reads: params, a synthetic set of the DDPM arm, and privacy results."""
     params = load(REPO / "params/smoke.yaml")
     paths = RunPaths(tmp_path / "run")
@@ -26,21 +26,28 @@ def fake_run(tmp_path, *, copy_share=0.0, mia_auc=0.52, n=5, size=16) -> RunPath
     record = {"set": "synthetic", "seed": 1, "sampler": "ddim", "steps": 4, "weights": "ema", "checkpoint_step": 8,
               "train_elapsed_s": 1.0, "seconds": 0.1}
     generation.save_samples(paths, "ddpm", "synthetic", record=record, images=images, masks=masks)
-    summary = [{"arm": "ddpm", "copy_share": copy_share, "mia_auc": mia_auc}]
+    summary = [{"arm": "ddpm", "copy_share": copy_share, "released_auc": released_auc}]
     (paths.metrics / "privacy.json").write_text(json.dumps({"summary": summary}))
     return paths
 
 
 def test_gate_refuses_a_leaking_arm_and_names_the_numbers(tmp_path):
-    paths = fake_run(tmp_path, copy_share=0.2, mia_auc=0.9)
-    with pytest.raises(export.PrivacyGateError, match=r"copy_share = 0.200 exceeds export.max_copy_share.*mia_auc = 0.900"):
+    paths = fake_run(tmp_path, copy_share=0.2, released_auc=0.9)
+    with pytest.raises(export.PrivacyGateError, match=r"copy_share = 0.200 exceeds export.max_copy_share.*released_auc = 0.900 is 0.400 from chance, beyond export.max_released_auc = 0.6"):
         export.export(paths.root, "ddpm", "npz", tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing written when refused
     assert cli.main(["export", str(paths.root), "--arm", "ddpm", "--format", "npz", "--out", str(tmp_path / "out")]) == 2
 
 
+def test_gate_reads_the_released_set_attack_by_its_distance_from_chance(tmp_path):
+    paths = fake_run(tmp_path, released_auc=0.1)  # an attack that ranks members low reveals them as well
+    with pytest.raises(export.PrivacyGateError, match=r"released_auc = 0.100 is 0.400 from chance"):
+        export.export(paths.root, "ddpm", "npz", tmp_path / "out")
+    assert export.privacy_gate(load(REPO / "params/smoke.yaml"), {"arm": "ddpm", "copy_share": 0.0, "released_auc": 0.45})["passed"]
+
+
 def test_override_is_recorded_in_the_data_card(tmp_path):
-    paths = fake_run(tmp_path, mia_auc=0.9)
+    paths = fake_run(tmp_path, released_auc=0.9)
     out = export.export(paths.root, "ddpm", "npz", tmp_path / "out", override="internal use only")
     card = json.loads((out / "data_card.json").read_text())
     assert card["privacy_gate"]["passed"] is False and card["privacy_gate"]["override"] == "internal use only"

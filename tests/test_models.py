@@ -223,3 +223,18 @@ def test_unet_size_errors_name_the_param():
         models.FlowMatchingModel(data_channels=1, cond_channels=4, sample_size=SIZE, unet=dict(widths=[8, 16], attention=[False, False], head_dim=32))
     with pytest.raises(ValueError, match="divisible"):
         models.FlowMatchingModel(data_channels=1, cond_channels=4, sample_size=18, unet=dict(widths=[8, 16, 16], attention=[False] * 3, head_dim=8))
+
+
+@pytest.mark.parametrize("prediction", diffusion.PREDICTIONS)
+def test_one_step_estimates_return_the_image_under_the_exact_model(prediction, monkeypatch):
+    """The reference attack's input: at any noise level, a model that predicts the noise (or the velocity) exactly
+    gives the clean image back in one step."""
+    g = lambda: torch.Generator().manual_seed(5)
+    x0 = TARGET.expand(4, -1, -1, -1)
+    m = ExactDiffusion(data_channels=1, cond_channels=4, sample_size=SIZE, unet=TINY, prediction_type=prediction)
+    out = m.one_step_estimate(x0, onehot_masks(4), torch.tensor([0, 300, 599, 900]), g())
+    torch.testing.assert_close(out, x0, rtol=1e-3, atol=1e-3)
+    f = tiny_flow()
+    noise = torch.randn(x0.shape, generator=g())  # the draw one_step_estimate makes
+    monkeypatch.setattr(f, "velocity", lambda x_t, t, cond: x0 - noise)  # the exact velocity of this pair
+    torch.testing.assert_close(f.one_step_estimate(x0, None, torch.tensor([0.1, 0.4, 0.7, 0.95]), g()), x0)

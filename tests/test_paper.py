@@ -30,8 +30,8 @@ def fake_results(mask_dice: dict, utility: dict, mia: dict, cross: bool = True) 
                             "dice_mean_low": lo + shift, "dice_mean_high": hi + shift,
                             "delta_vs_real": None if arm == "none" else e - utility["none"][0], "p_holm": 0.5})
     privacy = {"summary": [{"arm": a, "mia_auc": e, "mia_auc_low": lo, "mia_auc_high": hi, "copy_share": 0.0,
-                            "copy_share_low": 0.0, "copy_share_high": 0.01, "dcr_score": 0.5, "dcr_score_low": 0.4,
-                            "dcr_score_high": 0.6, "reference_mia_auc": e + 0.2 if cross else None, "mia_tpr_at_1fpr": 0.02}
+                            "copy_share_low": 0.0, "copy_share_high": 0.01, "dcr_train_share": 0.5, "dcr_train_share_low": 0.4,
+                            "dcr_train_share_high": 0.6, "released_auc": e, "released_auc_low": lo, "released_auc_high": hi, "reference_mia_auc": e + 0.2 if cross else None, "mia_tpr_at_1fpr": 0.02}
                            for a, (e, lo, hi) in mia.items()],
                "settings": {"protocols": {"reference": {"applicable": cross}}}}
     return {"fidelity": fidelity, "utility": {"summary": summary}, "privacy": privacy}

@@ -39,6 +39,8 @@ def test_the_data_stages_counts_name_each_need_a_later_stage_cannot_meet(tmp_pat
     text = "\n".join(found)
     assert any(m.startswith("50_privacy: the calibrated membership attack deals holdout patients") and "got 1" in m for m in found), text
     assert any(m.startswith("50_privacy: data.n_cross_patients = 1 leaves the reference protocol 1 patient") for m in found), text
+    assert any(m.startswith("50_privacy: the calibrated membership attack deals test patients") for m in found), text  # never seen
+    assert any(m.startswith("50_privacy: privacy.controls.canary_patients = 4 leaves fewer than 2 training patients") for m in found), text
     uncapped = preflight.problems(tiny_params("pre"), preflight.counts_from_run(splits, meta))
     assert not any("reference protocol" in m for m in uncapped)  # one patient in the data: reported as not attackable
     assert any(m.startswith("40_utility: utility.segmenter.batch_size = 8 exceeds the 2 slices of the 1 real patient(s)")
@@ -47,7 +49,13 @@ def test_the_data_stages_counts_name_each_need_a_later_stage_cannot_meet(tmp_pat
 
 
 def test_the_same_data_serve_a_configuration_that_fits_them(tmp_path):
-    splits, meta = _run_files(tmp_path, {"train": ["a", "b", "c", "d"], "holdout": ["h", "i"], "test": ["t"],
+    splits, meta = _run_files(tmp_path, {"train": ["a", "b", "c", "d"], "holdout": ["h", "i"], "test": ["t", "u"],
                                          "cross_C": ["x", "y"]}, {p: 9 for p in "abcd"})
-    p = tiny_params("pre", utility={"n_real_patients": [1, None], "segmenter": {"batch_size": 8}})
+    p = tiny_params("pre", utility={"n_real_patients": [1, None], "segmenter": {"batch_size": 8}},
+                    privacy={"controls": {"canary_patients": 2}})
     assert preflight.problems(p, preflight.counts_from_run(splits, meta)) == []
+
+
+def test_a_control_arm_that_does_not_exist_is_named():
+    found = preflight.problems(tiny_params("pre", privacy={"controls": {"arm": "gan"}}), None)
+    assert "50_privacy: privacy.controls.arm = 'gan' is not an arm; choose one of ddpm, ldm, fm" in found

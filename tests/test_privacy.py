@@ -10,7 +10,7 @@ import torch
 from scipy.spatial.distance import cdist
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from cmrlib import models, params as params_mod, privacy, segmenters
+from cmrlib import models, params as params_mod, privacy, privacy_controls, segmenters
 from cmrlib.data import prepare
 from cmrlib.generation import save_samples
 from cmrlib.metrics import privacy as mp
@@ -78,11 +78,59 @@ def test_tpr_at_1pct_fpr_on_a_known_case():
     assert mp.auc(scores, labels) == pytest.approx(0.3 * 0.99 + 0.2 * 1 + 0.5 * 0)  # 98.5 beats 99 of the 100 negatives
 
 
-def test_dcr_score_is_a_half_for_the_same_distribution_and_one_for_copies():
-    assert mp.dcr_score(np.zeros(50), np.ones(60)) == 1.0
-    assert mp.dcr_score(np.ones(50), np.zeros(60)) == 0.0
-    a, b = RNG.exponential(size=4000), RNG.exponential(size=4000)
-    assert mp.dcr_score(a, b) == pytest.approx(0.5, abs=0.03)
+def test_dcr_share_is_a_half_for_a_generator_of_the_distribution_one_for_copies_and_a_half_when_off_manifold():
+    train, holdout = RNG.normal(size=(300, 8)), RNG.normal(size=(200, 8))
+    fresh = RNG.normal(size=(2000, 8))  # a generator that learnt the distribution
+    assert mp.dcr_closer_to_train(fresh, train, holdout, seed=0).mean() == pytest.approx(0.5, abs=0.04)
+    assert mp.dcr_closer_to_train(train[:50], train[:200], holdout, seed=0).mean() == 1.0  # copies, sets of equal size
+    assert 0.66 < mp.dcr_closer_to_train(train[:50], train, holdout, seed=0).mean() < 1  # 2/3 of the copies' rows kept
+    noisy = RNG.normal(size=(2000, 8)) * 4  # far from both sets alike: a fidelity failure, not a privacy one
+    assert mp.dcr_closer_to_train(noisy, train, holdout, seed=0).mean() == pytest.approx(0.5, abs=0.04)
+    assert set(mp.dcr_closer_to_train(train[:3], train[:3], train[:3], seed=0)) == {0.5}  # ties count half
+
+
+def test_the_released_set_attack_is_at_chance_for_fresh_samples_and_finds_every_copied_member():
+    p = params_mod.validate({"run_name": "released", "privacy": {"bootstrap": 200}})
+    rng = np.random.default_rng(7)
+    patients = np.repeat([f"p{i:02d}" for i in range(40)], 5)  # 20 members, 20 non-members, 5 slices each
+    labels = np.repeat(np.arange(40) < 20, 5)
+    real = rng.normal(size=(200, 6, 6))
+    fresh = rng.normal(size=(300, 6, 6))
+    rows = {r["unit"]: r for r in privacy.score_rows(p, mp.released_scores(real, fresh), labels, patients, "fresh")}
+    for r in rows.values():
+        assert r["auc_low"] < 0.5 < r["auc_high"] and r["p_chance"] > 0.05 and r["auc_from_chance_low"] == 0, r
+    assert rows["patient"]["n_positive"] == 20 and rows["slice"]["n_positive"] == 100
+    copied = real[labels]  # a "generator" that releases its training images
+    rows = {r["unit"]: r for r in privacy.score_rows(p, mp.released_scores(real, copied), labels, patients, "copies")}
+    assert rows["patient"]["tpr_at_1fpr"] == 1.0 and rows["patient"]["auc"] == 1.0 and rows["slice"]["auc_from_chance"] == 0.5
+    assert rows["patient"]["p_chance"] < 0.01
+    near = copied + 0.05 * rng.normal(size=copied.shape)  # near-copies: found as well
+    assert privacy.score_rows(p, mp.released_scores(real, near), labels, patients, "near")[1]["tpr_at_1fpr"] == 1.0
+
+
+def test_the_patient_permutation_test_holds_its_level_where_a_patient_bootstrap_does_not():
+    """Two sets of 6 patients drawn alike, each patient's slices sharing a strong patient effect: the AUC often lands
+    far from 0.5 by the draw of patients. The permutation test rejects at about its level; the bootstrap interval over
+    so few patients excludes 0.5 more often (in 200 such trials: 8.5% against 15%), which is why the controls are
+    judged by the permutation test."""
+    p = params_mod.validate({"run_name": "perm", "privacy": {"bootstrap": 200}})
+    rng = np.random.default_rng(3)
+    groups = np.repeat([f"p{i:02d}" for i in range(12)], 8)
+    labels = np.repeat(np.arange(12) < 6, 8)
+    rejected, excluded = 0, 0
+    for trial in range(40):
+        scores = np.repeat(rng.normal(size=12), 8) + 0.3 * rng.normal(size=96)
+        row = privacy.score_rows(p, scores, labels, groups, f"trial{trial}")[0]  # per slice
+        rejected += row["p_chance"] < 0.05
+        excluded += not row["auc_low"] <= 0.5 <= row["auc_high"]
+    assert rejected <= 5 and excluded > rejected, (rejected, excluded)
+
+
+def test_per_patient_scores_are_the_mean_of_the_slices_and_overlapping_sets_are_refused():
+    scores, labels, patients = mp.per_patient([1.0, 3.0, 0.0, 5.0], ["b", "b", "a", "c"], [True, True, False, False])
+    assert patients.tolist() == ["a", "b", "c"] and scores.tolist() == [0.0, 2.0, 5.0] and labels.tolist() == [False, True, False]
+    with pytest.raises(ValueError, match="patient a has member and non-member"):
+        mp.per_patient([1.0, 2.0], ["a", "a"], [True, False])
 
 
 def test_logistic_attack_matches_sklearn_and_scores_are_nan_when_undefined():
@@ -155,18 +203,18 @@ def test_a_copying_generator_is_flagged_and_an_honest_one_is_not(tiny_run):
     mem = privacy.memorisation(p, paths, ref, arms=("ddpm", "fm"))
     t = mem.rows.set_index(["set", "metric"])
     assert t.loc[("ddpm", "copy_share"), "estimate"] > 0.95
-    assert t.loc[("ddpm", "dcr_score"), "low"] > 0.9  # closer to its training patients than unseen patients are
+    assert t.loc[("ddpm", "dcr_train_share"), "low"] > 0.9  # closer to its training set than to the holdout set
     assert t.loc[("fm", "copy_share"), "estimate"] <= t.loc[(privacy.UNSEEN, "copy_share"), "estimate"] + 0.05
     assert t.loc[("fm", "copy_share"), "high"] < 0.5
-    assert t.loc[("fm", "dcr_score"), "estimate"] < 0.55  # unseen patients (slightly noised): no closer than the holdout
+    assert t.loc[("fm", "dcr_train_share"), "high"] < 0.1  # the holdout patients themselves: closer to the holdout
+    assert t.loc[(privacy.COPIER, "copy_share"), "estimate"] == 1.0 and t.loc[(privacy.COPIER, "dcr_train_share"), "estimate"] == 1.0
     assert np.isnan(t.loc[("ddpm", "lpips_flag_share"), "estimate"]) and "unavailable" in t.loc[("ddpm", "lpips_flag_share"), "interval"]
-    # a black-box attack on the synthetic set alone: training slices (members) against test slices (never used by
-    # either "generator"), scored by the distance to the nearest synthetic image
-    test = slices.split("test").images
-    labels = np.r_[np.ones(len(ref.train), bool), np.zeros(len(test), bool)]
-    auc = {arm: mp.auc(-mp.nearest_l2(np.concatenate([ref.train.images, test]), mem.images[arm], k=1).value[:, 0], labels)
-           for arm in ("ddpm", "fm")}
-    assert auc["ddpm"] > 0.8 and 0.2 < auc["fm"] < 0.8, auc
+    # the attack on the released set: members against holdout patients, and the never-seen control (holdout
+    # against test patients); "fm" releases holdout images, so it reveals its holdout patients (AUC below 0.5)
+    rel = privacy.released(p, ref, {arm: mem.images[arm] for arm in ("ddpm", "fm")}).set_index(["arm", "protocol", "space", "unit"])
+    assert rel.loc[("ddpm", "ours", "pixel", "patient"), "auc"] > 0.9
+    assert rel.loc[("fm", "ours", "pixel", "patient"), "auc"] < 0.1 and rel.loc[("fm", "ours", "pixel", "patient"), "auc_from_chance"] > 0.4
+    assert rel.loc[(privacy.COPIER, "ours", "seg", "patient"), "auc"] == 1.0
     pairs = privacy.most_similar(mem, n=3)
     assert (pairs[pairs.set == "ddpm"]["l2"] < 1e-6).all()  # the exact copies come first
 
@@ -185,26 +233,34 @@ def test_the_axis_writes_every_key_the_paper_and_export_gate_read(tiny_run):
     masks = privacy.mask_copies(p, paths, ref)
     rng = np.random.default_rng(1)  # errors of a model that fits its members better (no model needed here)
     errors = {arm: {"train": rng.exponential(0.5, (len(ref.train), 2)), "holdout": rng.exponential(1.0, (len(ref.holdout), 2)),
-                    **{name: rng.exponential(1.0, (len(s), 2)) for name, s in ref.cross.items()}} for arm in arms}
+                    **{name: rng.exponential(1.0, (len(s), 2)) for name, s in ref.sets.items() if name not in ("train", "holdout")}}
+              for arm in arms}
     table, roc = privacy.attacks(p, ref, errors)
     mia = privacy.Membership(table, roc, errors, {})
-    path = privacy.save(p, paths, ref, mem, masks, mia, arms=arms)
+    released = privacy.released(p, ref, {arm: mem.images[arm] for arm in arms})
+    controls = privacy_controls.table(privacy_controls.untrained(table, released), pd.DataFrame())
+    path = privacy.save(p, paths, ref, mem, masks, mia, released, controls, arms=arms)
     record = json.loads(path.read_text())
-    keys = {"arm", "copy_share", "dcr_score", "mia_auc", "mia_tpr_at_1fpr", "mia_auc_loss", "reference_mia_auc"}
-    keys |= {f"{k}_{s}" for k in keys - {"arm"} for s in ("low", "high")} | {"n_synthetic", "n_members", "n_nonmembers"}
+    keys = {k for k, *_ in privacy.SUMMARY_ATTACKS + privacy.SUMMARY_RELEASED} | {"copy_share", "dcr_train_share", "dcr_train_share_seg"}
+    keys |= {f"{k}_{s}" for k in keys for s in ("low", "high")} | {"arm", "n_synthetic", "n_members", "n_nonmembers"}
     assert [r["arm"] for r in record["summary"]] == list(arms)
     for r in record["summary"]:
         assert keys <= set(r), keys - set(r)
         assert r["mia_auc_low"] <= r["mia_auc"] <= r["mia_auc_high"] and r["mia_auc"] > 0.6
+        assert r["never_seen_auc_low"] < 0.5 < r["never_seen_auc_high"]  # both sets drawn alike: nothing to find
         assert r["n_members"] == len(ref.train) and r["n_nonmembers"] == len(ref.holdout)
     assert record["mask_prior"]["copy_share"] == 1.0
-    assert {r["level"] for r in record["mia"]} == {"0.3", "3", "all"}
+    assert {r["level"] for r in record["mia"]} == {"0.3", "3", "all"} and {r["unit"] for r in record["mia"]} == {"slice", "patient"}
+    ctl = pd.DataFrame(record["controls"])
+    assert set(ctl["control"]) == {"never seen", "copier"}
+    assert ctl.loc[ctl.control == "copier", "passed"].eq(1).all() and ctl.loc[ctl.control == "copier", "tpr_at_1fpr"].eq(1).all()
     mia_rows = pd.DataFrame(record["mia"])
-    crossing = mia_rows[mia_rows["protocol"] != "ours"]
+    crossing = mia_rows[mia_rows["protocol"].isin(["reference", "domain shift"])]
     assert set(crossing["cross_set"]) == set(ref.cross) == {"cross_C", "cross_D"}  # a row per cross-domain set
     assert set(crossing.loc[crossing["primary"], "cross_set"]) == {ref.cross_split}
-    assert set(mia_rows.loc[mia_rows["protocol"] == "ours", "cross_set"]) == {""}
-    assert (paths.tables / "privacy_summary.csv").is_file()
+    assert set(mia_rows.loc[mia_rows["protocol"].isin(["ours", "never seen"]), "cross_set"]) == {""}
+    for name in ("privacy_summary", "privacy_released", "privacy_controls"):
+        assert (paths.tables / f"{name}.csv").is_file()
 
 
 def test_reference_protocol_domain_must_be_a_cross_domain_set(tiny_run):
@@ -225,17 +281,20 @@ def test_without_a_cross_domain_set_the_reference_protocol_is_not_applicable(tin
     single = p.model_copy(update={"data": p.data.model_copy(update={"cross_domains": []})})
     assert privacy.reference_split(single, alone) is None
     ref = dataclasses.replace(ref, cross={}, cross_split=None)
-    assert set(ref.sets) == {"train", "holdout"}
+    assert set(ref.sets) == {"train", "holdout", "unseen"}
     status = privacy.protocol_status(ref)
     assert status["ours"]["applicable"] and not status["reference"]["applicable"] and not status["domain shift"]["applicable"]
     assert "no cross-domain set" in status["reference"]["reason"]
     rng = np.random.default_rng(1)
-    errors = {"ddpm": {"train": rng.exponential(0.5, (len(ref.train), 2)), "holdout": rng.exponential(1.0, (len(ref.holdout), 2))}}
+    errors = {"ddpm": {"train": rng.exponential(0.5, (len(ref.train), 2)), "holdout": rng.exponential(1.0, (len(ref.holdout), 2)),
+                       "unseen": rng.exponential(1.0, (len(ref.unseen), 2))}}
     table, roc = privacy.attacks(single, ref, errors)
-    assert set(table["protocol"]) == {"ours"}
+    assert set(table["protocol"]) == {"ours", "never seen"}
     mia = privacy.Membership(table, roc, errors, {}, status)
     mem = privacy.memorisation(single, paths, ref, arms=("ddpm",))
-    record = json.loads(privacy.save(single, paths, ref, mem, privacy.mask_copies(single, paths, ref), mia, arms=("ddpm",)).read_text())
+    released = privacy.released(single, ref, {"ddpm": mem.images["ddpm"]})
+    record = json.loads(privacy.save(single, paths, ref, mem, privacy.mask_copies(single, paths, ref), mia, released, pd.DataFrame(),
+                                     arms=("ddpm",)).read_text())
     summary = record["summary"][0]
     assert summary["mia_auc"] > 0.6 and summary["reference_mia_auc"] is None and summary["domain_shift_auc"] is None
     assert record["settings"]["protocols"]["reference"]["applicable"] is False
@@ -289,3 +348,43 @@ def test_a_cross_domain_set_too_small_to_attack_is_skipped_with_the_reason(tiny_
     errors = {"ddpm": {name: rng.exponential(1.0, (len(s), 2)) for name, s in small.sets.items()}}
     table, _ = privacy.attacks(p, small, errors)
     assert set(table["cross_set"]) == {"", ref.cross_split}
+
+
+# -- the controls that need no training -------------------------------------------------------------------------------
+def test_canaries_are_repeated_members_and_the_plain_phantom_keeps_patients_masks_and_splits(tiny_run):
+    p, paths, slices, ref = tiny_run
+    chosen = privacy_controls.canaries(p, ref.train)
+    assert len(chosen) == p.privacy.controls.canary_patients and set(chosen) < set(ref.train.meta["patient"])
+    trained_on = privacy_controls.with_canaries(p, ref.train, chosen)
+    counts = trained_on.meta.groupby("patient").size() / ref.train.meta.groupby("patient").size()
+    assert counts[chosen].eq(p.privacy.controls.canary_repeats).all() and counts.drop(chosen).eq(1).all()
+    plain = privacy_controls.without_signature(p, json.loads(paths.splits.read_text()))
+    assert plain.meta[["patient", "split"]].equals(slices.meta[["patient", "split"]])
+    np.testing.assert_array_equal(plain.masks, slices.masks)  # the anatomy does not depend on the signature
+    assert np.abs(plain.images - slices.images).mean() > 0.01
+    bad = p.model_copy(update={"privacy": p.privacy.model_copy(update={"controls": p.privacy.controls.model_copy(update={"canary_patients": 6})})})
+    with pytest.raises(ValueError, match="canary_patients = 6"):
+        privacy_controls.canaries(bad, ref.train)
+    real = p.model_copy(update={"data": p.data.model_copy(update={"source": "acdc_h5", "root": "/nowhere"})})
+    assert privacy_controls.without_signature(real, {}) is None  # only the phantom has a signature to remove
+
+
+def test_band_error_keeps_the_mid_frequencies_only():
+    y, x = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    wave = lambda f: np.sin(2 * np.pi * f * x)[None].astype(float)
+    low, mid, high = (float(mp.band_error(wave(f))[0]) for f in (1 / 32, 4 / 32, 14 / 32))
+    assert mid > 100 * max(low, high) and low < 1e-20 and high < 1e-20
+
+
+def test_the_reference_attack_draws_its_own_noise_levels_or_matched_ones():
+    ddpm = models.DiffusionModel(data_channels=1, cond_channels=4, sample_size=16, unet=dict(widths=[8, 16], attention=[False, False], head_dim=8))
+    fm = models.FlowMatchingModel(data_channels=1, cond_channels=4, sample_size=16, unet=dict(widths=[8, 16], attention=[False, False], head_dim=8))
+    g = torch.Generator().manual_seed(0)
+    steps = privacy.reference_levels(ddpm, 500, g, matched=False)
+    assert steps.min() >= 300 and steps.max() < 600 and len(steps.unique()) > 100
+    times = privacy.reference_levels(fm, 500, g, matched=False)
+    assert times.min() < 0.1 and times.max() > 0.9  # U[0, 1]: low and high noise alike, unlike the diffusion band
+    for model in (ddpm, fm):
+        levels = privacy.reference_levels(model, 200, g, matched=True)
+        snr = [float(ddpm.log_snr[int(t)].exp()) for t in levels] if model is ddpm else [(t / (1 - t)) ** 2 for t in levels.tolist()]
+        assert min(snr) > privacy.REFERENCE_SNR[0] * 0.9 and max(snr) < privacy.REFERENCE_SNR[1] * 1.1

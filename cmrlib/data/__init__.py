@@ -42,6 +42,7 @@ def _phantom_volumes(data, seed: int) -> Iterator[Volume]:
     return phantom.generate_volumes(
         seed=seed, domains=p.domains, patients_per_domain=p.patients_per_domain, slices_per_volume=p.slices_per_volume,
         phases=data.phases, fov_mm=p.field_of_view_mm, spacing_mm=data.spacing_mm, slice_spacing_mm=p.slice_spacing_mm,
+        signature=p.signature,
     )
 
 

@@ -7,8 +7,9 @@ Around the heart: chest wall, subcutaneous and epicardial fat, lungs with vessel
 
 Each *domain* (vendor) has its own appearance (tissue contrast, gamma, bias field, blur, Rician noise level and a
 raw intensity scale), so that a model trained on A+B meets a real shift on C and D. Each patient also carries an
-appearance signature (a smooth 3D texture field, tissue contrast jitter, lung vessels at fixed places), so that a
-generator that memorises a training patient is detectable.
+appearance signature (a smooth 3D texture field, tissue contrast jitter, a bias field, lung vessels at fixed places),
+so that a generator that memorises a training patient is detectable; ``signature`` scales it (0: patients differ by
+anatomy and noise alone, the privacy axis's negative control).
 
 Everything is a function of ``(seed, domain, patient index)``; a volume is rendered with numpy, vectorised over
 slices. Units are millimetres; the image is ``fov_mm`` wide at ``spacing_mm`` per pixel, y pointing down (rows).
@@ -129,8 +130,11 @@ def render(
     n_slices: int,
     fov_mm: float = 200.0,
     spacing_mm: float = 1.5,
+    signature: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Render one short-axis stack: (raw image float32, labels uint8), each (n_slices, n, n)."""
+    """Render one short-axis stack: (raw image float32, labels uint8), each (n_slices, n, n). ``signature`` scales the
+    patient's appearance signature: the texture amplitude, the contrast jitter's and the bias field's deviation from
+    1; the lung vessels are drawn when it is above 0. The anatomy and the noise do not depend on it."""
     n = int(round(fov_mm / spacing_mm))
     coords = (np.arange(n) - (n - 1) / 2) * spacing_mm
     y, x = np.meshgrid(coords, coords, indexing="ij")
@@ -182,7 +186,7 @@ def render(
     liver = _ellipse(x, y, -45.0, 112.0 - 30.0 * s, 80.0, 45.0, 0.25) & body
     aorta = (x - (cx + 28.0)) ** 2 + (y - (cy + 52.0)) ** 2 <= 11.0**2
     vessels = np.zeros_like(lungs)
-    for vx, vy, vr in a.lung_vessels:
+    for vx, vy, vr in a.lung_vessels if signature > 0 else ():
         vessels |= (x - vx) ** 2 + (y - vy) ** 2 <= vr**2
     vessels &= lungs
 
@@ -198,14 +202,15 @@ def render(
     labels[np.broadcast_to(rv, labels.shape)] = RV
 
     # appearance: domain contrast x patient signature, texture, gamma, bias, blur, Rician noise
-    contrast = np.asarray(appearance.tissue) * a.tissue_jitter
+    jitter = a.tissue_jitter if signature == 1 else 1.0 + signature * (a.tissue_jitter - 1.0)  # 1: bit for bit as before
+    contrast = np.asarray(appearance.tissue) * jitter
     image = contrast[tissue]
     z = s * 80.0  # mm from base to apex, for the 3D texture
     kx, ky, kz, ph, amp = (a.texture_waves[:, i][:, None, None, None] for i in range(5))
-    texture = (amp * np.sin(kx * x[None] + ky * y[None] + kz * z[None] + ph)).sum(axis=0)
+    texture = signature * (amp * np.sin(kx * x[None] + ky * y[None] + kz * z[None] + ph)).sum(axis=0)
     image = image * (1.0 + texture * (tissue != AIR) * (tissue != LUNG))
     image = np.clip(image, 0.0, None) ** appearance.gamma
-    bx, by, bxy = a.bias_coeffs
+    bx, by, bxy = signature * a.bias_coeffs
     half = fov_mm / 2
     bias = 1.0 + appearance.bias * np.tanh(bx * x / half + by * y / half + 0.5 * bxy * x * y / half**2)
     image = image * bias
@@ -227,6 +232,7 @@ def generate_volumes(
     fov_mm: float = 200.0,
     spacing_mm: float = 1.5,
     slice_spacing_mm: float | None = None,
+    signature: float = 1.0,
 ) -> Iterator[Volume]:
     """Yield one :class:`Volume` per (domain, patient, phase), deterministic in ``seed``."""
     unknown = [d for d in domains if d not in DOMAINS]
@@ -239,7 +245,7 @@ def generate_volumes(
             for phase in phases:
                 noise_rng = _rng(seed, domain + phase, index)
                 image, mask = render(anatomy, DOMAINS[domain], noise_rng, phase=phase, n_slices=slices_per_volume,
-                                     fov_mm=fov_mm, spacing_mm=spacing_mm)
+                                     fov_mm=fov_mm, spacing_mm=spacing_mm, signature=signature)
                 yield Volume(
                     image=image, mask=mask, dataset="phantom", patient=f"phantom_{domain}{index:03d}", domain=domain,
                     phase=phase, spacing=(spacing_mm, spacing_mm), slice_spacing=slice_spacing_mm, source=f"phantom(seed={seed}, {domain}, {index})",

@@ -187,15 +187,64 @@ def roc_points(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     return fpr, tpr
 
 
-def dcr_score(dcr_synthetic, dcr_holdout) -> float:
-    """P(DCR_synthetic < DCR_holdout) + P(tie) / 2 (Mann-Whitney): 0.5 when synthetic samples are no closer to the
-    training set than unseen real patients, 1 when every synthetic sample is closer than every unseen one (copies),
-    below 0.5 when they are farther (off the data manifold)."""
-    d = np.concatenate([np.asarray(dcr_synthetic), np.asarray(dcr_holdout)])
-    return auc(-d, np.r_[np.ones(len(dcr_synthetic), bool), np.zeros(len(dcr_holdout), bool)])
+def dcr_closer_to_train(synthetic, train, holdout, seed: int, n_subsamples: int = 5) -> np.ndarray:
+    """SDMetrics' DCROverfittingProtection, per synthetic sample: 1 when its nearest training row is closer than its
+    nearest holdout row, 0 when farther, 1/2 on a tie. The larger of the two reference sets is subsampled (seeded) to
+    the size of the smaller, so that neither is closer by being bigger; the outcome is averaged over ``n_subsamples``
+    such draws (one when the sets are of equal size). The mean is the share of synthetic samples closer to the training
+    set: 1/2 for a generator that learnt the distribution (training and holdout rows are exchangeable to it), 1 for one
+    that copies its training rows when the sets are of equal size (a copy of a training row left out of a subsample
+    counts as an ordinary sample, so a copier of a training set twice the holdout's scores about 3/4); read
+    two-sided, by its distance from 1/2. Unlike the closeness of synthetic to holdout distances, a noisy or
+    off-manifold generator is far from both sets alike and scores 1/2, so a fidelity failure does not read as privacy."""
+    train, holdout = np.asarray(train), np.asarray(holdout)
+    n = min(len(train), len(holdout))
+    rng = np.random.default_rng(seed)
+    draws = 1 if len(train) == len(holdout) else n_subsamples
+    total = np.zeros(len(synthetic))
+    for _ in range(draws):
+        t, h = (x[np.sort(rng.choice(len(x), n, replace=False))] if len(x) > n else x for x in (train, holdout))
+        d_train, d_holdout = (nearest_l2(synthetic, x, k=1).value[:, 0] for x in (t, h))
+        total += np.where(d_train < d_holdout, 1.0, np.where(d_train == d_holdout, 0.5, 0.0))
+    return total / draws
+
+
+def released_scores(real, released) -> np.ndarray:
+    """The attack on a released synthetic set (the black-box attack of Chen et al. 2020, GAN-Leaks, and Hayes et al.
+    2019): each real image's score is minus its L2 distance to the nearest released image, so a candidate whose images
+    the set reproduces scores high. It needs nothing of the model, only the released images and the candidate's."""
+    return -nearest_l2(real, released, k=1).value[:, 0]
+
+
+def per_patient(scores, groups, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Slice scores -> one score per patient (the mean of its slices), with its label: the attacker's question is
+    whether a *patient* trained the generator. Returns (scores, labels, patients); a patient with both labels is an
+    error."""
+    scores, labels, groups = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool), np.asarray(groups).astype(str)
+    patients, index = np.unique(groups, return_inverse=True)
+    mixed = np.bincount(index, labels) % np.bincount(index) != 0
+    if mixed.any():
+        raise ValueError(f"patient {patients[mixed][0]} has member and non-member slices: the sets overlap")
+    means = np.bincount(index, scores) / np.bincount(index)
+    return means, np.bincount(index, labels) > 0, patients
 
 
 # -- membership inference ------------------------------------------------------------------------------------------
+MID_BAND = (1 / 16, 1 / 4)  # cycles per pixel: the mid frequencies of the reference's band-pass error
+
+
+def band_error(residual, band: tuple[float, float] = MID_BAND) -> np.ndarray:
+    """(N,) mean power of each residual image (N, H, W) in the radial frequency band ``band`` (cycles per pixel):
+    the reference study's band-pass error, which ignores the smooth offsets and the pixel noise a one-step estimate
+    leaves, and keeps the structure a memorising model restores."""
+    r = np.asarray(residual, dtype=np.float64)
+    fy, fx = np.meshgrid(np.fft.fftfreq(r.shape[1]), np.fft.fftfreq(r.shape[2]), indexing="ij")
+    keep = (np.hypot(fy, fx) >= band[0]) & (np.hypot(fy, fx) < band[1])
+    power = np.abs(np.fft.fft2(r)) ** 2 / (r.shape[1] * r.shape[2])
+    return (power * keep).sum((1, 2)) / keep.sum()
+
+
+
 def loss_scores(errors: np.ndarray) -> np.ndarray:
     """Loss-threshold attack (Yeom et al. 2018) on errors (N,) or (N, L levels): minus the mean log error over the
     levels (a geometric mean, so every level counts whatever its scale); low error -> high membership score."""
@@ -225,7 +274,7 @@ def patient_folds(groups, labels, seed: int, n_folds: int = 2) -> np.ndarray:
 class LogisticAttack:
     """L2-penalised logistic regression on standardised features (the objective of sklearn's ``LogisticRegression``
     with ``C``, intercept unpenalised), fitted by Newton's method: a few features and a few hundred rows take well under
-    a millisecond, so the attack can be refitted inside every bootstrap draw."""
+    a millisecond."""
 
     classes_ = np.array([False, True])
 
@@ -280,5 +329,5 @@ def calibrated_scores(errors: np.ndarray, labels, groups, seed: int, n_folds: in
 
 
 __all__ = ["CHUNK", "Neighbours", "nearest_l2", "nearest_correlation", "nearest_mask_dice", "distance_ratio", "copy_flags",
-           "auc", "tpr_at_fpr", "roc_points", "dcr_score", "loss_scores", "patient_folds", "LogisticAttack", "default_attack_model",
+           "auc", "tpr_at_fpr", "roc_points", "dcr_closer_to_train", "released_scores", "per_patient", "MID_BAND", "band_error", "loss_scores", "patient_folds", "LogisticAttack", "default_attack_model",
            "calibrated_scores"]

@@ -139,6 +139,16 @@ class DiffusionModel(nn.Module):
             total += (self.predict_noise(self.q_sample(x, t, noise), t, cond) - noise).pow(2).flatten(1).mean(1)
         return total / draws
 
+    @torch.no_grad()
+    def one_step_estimate(self, x: Tensor, cond: Tensor | None, t: Tensor, generator: torch.Generator) -> Tensor:
+        """The clean image the network implies in one step from ``x`` noised to the timesteps ``t`` (B,):
+        (x_t - sqrt(1 - abar) eps) / sqrt(abar), the reference study's attack input."""
+        t = t.to(device=x.device, dtype=torch.long)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_t = self.q_sample(x, t, noise)
+        abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return (x_t - (1 - abar).sqrt() * self.predict_noise(x_t, t, cond)) / abar.sqrt()
+
     def scheduler(self, sampler: str, steps: int, **options):
         """A fresh diffusers scheduler with this model's schedule, its time grid set for ``steps`` steps. ``options``
         override scheduler settings (``clip_sample``, ``timestep_spacing``: the sampler diagnosis varies them)."""

@@ -124,6 +124,13 @@ class FlowMatchingModel(nn.Module):
         return total / draws
 
     @torch.no_grad()
+    def one_step_estimate(self, x: Tensor, cond: Tensor | None, t: Tensor, generator: torch.Generator) -> Tensor:
+        """The clean image the velocity implies in one step from ``x`` at the times ``t`` (B,): x_t + (1 - t) v."""
+        t = t.to(device=x.device, dtype=x.dtype)
+        x_t, _ = path(x, torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype), t)
+        return x_t + (1 - t).view(-1, 1, 1, 1) * self.velocity(x_t, t, cond)
+
+    @torch.no_grad()
     def sample(self, cond: Tensor | None, *, sampler: str = "euler", steps: int = 10, generator: torch.Generator, n: int | None = None) -> Tensor:
         batch = cond.shape[0] if cond is not None else n
         c = self.config

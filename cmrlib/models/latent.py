@@ -102,6 +102,12 @@ class LatentDiffusion(nn.Module):
         return self.diffusion.error_at(self.to_latent(x), cond, snr, generator, draws)
 
     @torch.no_grad()
+    def one_step_estimate(self, x: Tensor, cond: Tensor | None, t: Tensor, generator: torch.Generator) -> Tensor:
+        """The latent model's one-step clean estimate at the timesteps ``t`` (B,), decoded to an image."""
+        z0 = self.diffusion.one_step_estimate(self.to_latent(x), cond, t, generator)
+        return self.autoencoder.decode(z0 / self.latent_scale)
+
+    @torch.no_grad()
     def sample(self, cond: Tensor | None, *, sampler: str = "ddim", steps: int = 50, generator: torch.Generator, n: int | None = None) -> Tensor:
         z = self.diffusion.sample(cond, sampler=sampler, steps=steps, generator=generator, n=n)
         return self.autoencoder.decode(z / self.latent_scale).clamp(-1, 1)
