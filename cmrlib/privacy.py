@@ -406,14 +406,14 @@ def permutation_p(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, n:
     member = np.zeros(len(patients), bool)
     member[index[labels]] = True
     ranks = rankdata(scores)  # the ranks do not change with the labels: the AUC of a permutation is a sum of ranks
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     rng = np.random.default_rng(seed)
     far = 0
     for _ in range(n):
         positive = rng.permutation(member)[index]
-        auc = (ranks[positive].sum() - positive.sum() * (positive.sum() + 1) / 2) / (positive.sum() * (~positive).sum())
+        k = int(positive.sum())
+        auc = (ranks[positive].sum() - k * (k + 1) / 2) / (k * (len(positive) - k))
         far += abs(auc - 0.5) >= abs(observed - 0.5) - 1e-12
-    return (far + 1) / (n + 1) if n_pos and n_neg else math.nan
+    return (far + 1) / (n + 1)
 
 
 def _from_chance(auc: float, low: float, high: float) -> dict:
@@ -592,14 +592,14 @@ def reference_attack_rows(params: StudyParams, ref: Reference, arm: str, model: 
     flaws (vendor-shifted non-members, unmatched noise levels) shows as a difference between these rows."""
     status = protocol_status(ref)
     protocols = [q for q in ("ours", "reference") if status[q]["applicable"]]
-    names = {n for q in protocols for n in (PROTOCOLS[q][0], ref.cross_split if PROTOCOLS[q][1] == "cross" else PROTOCOLS[q][1])}
+    sets = {q: (PROTOCOLS[q][0], ref.cross_split if PROTOCOLS[q][1] == "cross" else PROTOCOLS[q][1]) for q in protocols}
     rows = []
     for matched in (False, True):
         noise = "matched" if matched else "reference"
         features = {n: reference_features(params, model, ref.sets[n].images, ref.sets[n].masks, matched,
-                                          f"{arm} reference attack ({noise} noise levels) on {n}") for n in sorted(names)}
-        for q in protocols:
-            pos, neg = PROTOCOLS[q][0], ref.cross_split if PROTOCOLS[q][1] == "cross" else PROTOCOLS[q][1]
+                                          f"{arm} reference attack ({noise} noise levels) on {n}")
+                    for n in sorted({n for pair_of_sets in sets.values() for n in pair_of_sets})}
+        for q, (pos, neg) in sets.items():
             rows += [{"arm": arm, "protocol": q, "cross_set": ref.cross_split if q == "reference" else "", "primary": True,
                       "attack": "reference attack", "noise_levels": noise, "level": "all", "snr": math.nan, **r}
                      for r in reference_attack(params, features[pos], features[neg], ref.sets[pos].meta["patient"],
@@ -610,8 +610,8 @@ def reference_attack_rows(params: StudyParams, ref: Reference, arm: str, model: 
 def membership(params: StudyParams, paths: RunPaths, ref: Reference, arms=None) -> Membership:
     """Errors of every arm's model on the training, holdout, test and (where the run has one) cross-domain slices, the
     attacks of every applicable protocol (the first generator seed's models), the reference's own attack
-    (:func:`reference_attack_rows`) and, for an arm with an autoencoder, the autoencoder's own attack. The loss attack's per-slice scores of every generator seed go to
-    ``metrics/units/privacy.csv`` (:func:`loss_units`)."""
+    (:func:`reference_attack_rows`) and, for an arm with an autoencoder, the autoencoder's own attack. The loss
+    attack's per-slice scores of every generator seed go to ``metrics/units/privacy.csv`` (:func:`loss_units`)."""
     arms = registry.names() if arms is None else arms
     errors, context, seconds, extra_rows = {}, {}, {}, []
     for arm in arms:
@@ -684,7 +684,8 @@ def against_training_step(params: StudyParams, paths: RunPaths, ref: Reference, 
     """The compute axis: at every kept checkpoint of each arm, the membership AUC and TPR at 1% FPR of our protocol
     (loss attack, with intervals; the final checkpoint's errors are those of :func:`membership`) and the copy
     share and the released-set attack (pixel space, per patient) of that checkpoint's synthetic subset
-    (:func:`cmrlib.generation.synthetic_by_step`). One row per (arm, step). The loss attack's and the released-set
+    (:func:`cmrlib.generation.synthetic_by_step`; the final checkpoint's too, so that every step's attack meets a
+    released set of the same size: the summary's ``released_auc`` reads the whole synthetic set). One row per (arm, step). The loss attack's and the released-set
     attack's scores at every checkpoint before the last go to ``metrics/units/privacy_steps.csv`` and
     ``released_steps.csv``."""
     arms = registry.names() if arms is None else arms
