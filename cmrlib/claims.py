@@ -60,7 +60,7 @@ METRICS = {
     "mia_auc": Metric("mia_auc", "privacy", "membership AUC of the loss attack (white box), as its distance from 0.5",
                       "member or holdout slice", "chance"),
     "released_auc": Metric("released_auc", "privacy", "AUC of the attack on the released synthetic set, as its distance from 0.5",
-                           "member or holdout slice", "chance"),
+                           "member or holdout patient", "chance"),
 }
 BALANCE_AXES = ("mask_dice", "utility_dice", "released_auc")  # privacy: the threat of releasing the synthetic set
 
