@@ -398,7 +398,8 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
               f"Membership AUC of the white-box loss attack (each model's own error): {privacy}; the same attack on two "
               f"never-trained-on sets (held-out against test patients, nothing to find): {never_seen}. {reference_text} "
               f"Share of synthetic images flagged as copies: {copies}; share of synthetic images closer to the training set "
-              f"than to an equal-size held-out set (DCR, {n['chance']}: no overfitting; 1: copies): {dcr}. The calibration "
+              f"than to an equal-size held-out set (DCR, {n['chance']}: no overfitting; 1: copies, when the two sets are of "
+              f"equal size): {dcr}. The calibration "
               "controls (canary patients, the phantom without its per-patient signature, the autoencoder trained elsewhere) "
               "are in the table privacy_controls."),
         ("fig", "paper_privacy", "Membership inference: AUC against noise level per arm (ours)."),

@@ -19,7 +19,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence, get_args
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -456,16 +456,16 @@ class UtilityParams(_Section):
         return value
 
 
-CONTROLS = ("canary", "no-signature", "autoencoder-elsewhere")
+ControlName = Literal["canary", "no-signature", "autoencoder-elsewhere"]
 
 
 class PrivacyControlsParams(_Section):
     """The privacy axis's calibration controls that train a copy of an arm (``cmrlib.privacy_controls``); the controls
     that train nothing (unseen patients as members, the training set as the released set) always run."""
 
-    run: list[Literal["canary", "no-signature", "autoencoder-elsewhere"]] = Field(
-        default=list(CONTROLS), description="canary: canary patients repeated in training, the positive control; "
-        "no-signature: the phantom without its per-patient signature (phantom runs only), a negative control; "
+    run: list[ControlName] = Field(
+        default=list(get_args(ControlName)), description="canary: canary patients repeated in training, the positive control; "
+        "no-signature: the phantom without its per-patient signature (phantom runs only), how much of the attack rests on it; "
         "autoencoder-elsewhere: each arm with an autoencoder retrained with it on patients neither members nor holdout")
     arm: str = Field(default="ddpm", description="the arm trained by the canary and no-signature controls (its own budget)")
     canary_patients: int = Field(default=4, ge=2, description="training patients made canaries (2 at least: the calibrated attack "

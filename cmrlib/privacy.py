@@ -17,7 +17,8 @@ What is measured (metrics in :mod:`cmrlib.metrics.privacy`; the calibration cont
   The real holdout images go through the same analysis as the ``real unseen`` row: the flag rate of genuinely unseen
   patients of the same vendors, the floor a generator cannot be blamed for;
 - the **DCR share** as SDMetrics defines it (DCROverfittingProtection): the share of synthetic samples closer to the
-  training set than to an equal-size holdout set; 0.5 no overfitting, 1 copies, read by its distance from 0.5;
+  training set than to an equal-size holdout set; 0.5 no overfitting, read by its distance from 0.5 (a copier
+  reaches 1 with sets of equal size, less when the training set is larger: the copier's row gives the ceiling);
 - **membership inference** against each arm's own model (white box): members are the training slices, non-members
   the holdout slices (same vendors, other patients), each conditioned on its own mask; the score is the model's
   denoising (DDPM, in latent space for the LDM) or velocity (FM) error at every ``mia_snr`` (the same SNR grid for
@@ -37,7 +38,8 @@ What is measured (metrics in :mod:`cmrlib.metrics.privacy`; the calibration cont
   at its noise levels and at matched ones, fitted on 80% of the slices and scored on the rest) runs on both protocols,
   so each of its flaws shows in numbers;
 - the **never-seen control** (protocol ``never seen``): holdout against test patients, both never trained on, by
-  every attack: nothing to find, so every AUC interval should contain 0.5; and the **copier** (:data:`COPIER`): the
+  every attack: nothing to find, so no attack should tell them from chance (``p_chance``); and the **copier**
+  (:data:`COPIER`): the
   training images as the released set, which every released-set attack and copy flag must find;
 - the **compute axis** (:func:`against_training_step`): our membership AUC, the released-set AUC and the copy share
   at every kept checkpoint (on the checkpoint's ``generators.n_synthetic_per_checkpoint`` synthetic images);
@@ -73,7 +75,7 @@ from .metrics import privacy as mp
 from .params import StudyParams
 from .paths import RunPaths
 from .seeds import seed_for
-from .stats import Interval, bootstrap_draws, bootstrap_mean
+from .stats import Interval, bootstrap_draws, bootstrap_mean, percentile_bounds
 
 STAGE = "50_privacy"
 UNSEEN = "real unseen (holdout)"
@@ -82,7 +84,7 @@ PROTOCOLS = {  # name -> (positive set, negative set, what it measures)
     "reference": ("train", "cross", "members vs another vendor (the reference study): membership plus domain shift"),
     "domain shift": ("holdout", "cross", "two non-member sets, same vendors vs another vendor: domain shift only"),
     "never seen": ("holdout", "unseen", "two non-member sets of the same vendors (holdout vs test patients): the negative "
-                   "control, nothing to find (its AUC interval should contain 0.5)"),
+                   "control, nothing to find (no attack should tell them from chance)"),
 }
 COPIER = "copier (control)"  # the released-set attack's positive control: a "generator" that releases its training images
 ATTACKS = ("loss", "calibrated")
@@ -174,18 +176,19 @@ def reference(params: StudyParams, slices: SliceSet, segmenter: torch.nn.Module)
     unseen = slices.split("test")
     ref = Reference(train=train, holdout=holdout, cross=cross, cross_split=cross_split, unseen=unseen, space=space,
                     train_features=space(train.images), holdout_features=space(holdout.images), unseen_features=space(unseen.images))
-    ref.holdout_nearest = nearest_to_train(params, ref, holdout.images)
+    ref.holdout_nearest = nearest_to_train(params, ref, holdout.images, ref.holdout_features)
     return ref
 
 
 # -- memorisation: nearest neighbours, copies, distance to closest record ---------------------------------------------
-def nearest_to_train(params: StudyParams, ref: Reference, images: np.ndarray) -> pd.DataFrame:
+def nearest_to_train(params: StudyParams, ref: Reference, images: np.ndarray, features: np.ndarray | None = None) -> pd.DataFrame:
     """One row per image: its nearest training image by pixel L2 (and the second nearest), by correlation and in the
-    seg space, the copy flags, and the training patient it is closest to."""
+    seg space (``features``: the images' seg features, computed when not given), the copy flags, and the training
+    patient it is closest to."""
     p = params.privacy
     l2 = mp.nearest_l2(images, ref.train.images, k=2)
     corr = mp.nearest_correlation(images, ref.train.images, k=1)
-    seg = mp.nearest_l2(ref.space(images), ref.train_features, k=2)
+    seg = mp.nearest_l2(ref.space(images) if features is None else features, ref.train_features, k=2)
     ratio = mp.distance_ratio(l2)
     flags = mp.copy_flags(ratio, corr.value[:, 0], max_ratio=p.copy_ratio, min_correlation=p.copy_correlation)
     patients = ref.train.meta["patient"].to_numpy()
@@ -209,11 +212,11 @@ def _seed(params: StudyParams, *names: str) -> int:
     return seed_for(params.seed, "privacy", *names)
 
 
-def dcr_rows(params: StudyParams, ref: Reference, set_name: str, images: np.ndarray) -> list[dict]:
+def dcr_rows(params: StudyParams, ref: Reference, set_name: str, images: np.ndarray, features: np.ndarray) -> list[dict]:
     """SDMetrics' DCR overfitting share of a synthetic set (:func:`cmrlib.metrics.privacy.dcr_closer_to_train`), in
-    pixel space and in the seg space, with a bootstrap over the synthetic samples: 0.5 no overfitting, 1 copies."""
+    pixel space and in the seg space (``features``: the set's seg features), with a bootstrap over the synthetic
+    samples: 0.5 no overfitting; a copier reaches the :data:`COPIER` row's share."""
     p = params.privacy
-    features = ref.space(images)
     out = []
     for metric, synthetic, train, holdout in (("dcr_train_share", images, ref.train.images, ref.holdout.images),
                                               ("dcr_train_share_seg", features, ref.train_features, ref.holdout_features)):
@@ -248,6 +251,7 @@ class Memorisation:
     samples: dict[str, pd.DataFrame]  # set -> one row per image (:func:`nearest_to_train`)
     rows: pd.DataFrame  # long form: set, metric, estimate, low, high, interval, n
     images: dict[str, np.ndarray]  # set -> the images analysed
+    features: dict[str, np.ndarray] = field(default_factory=dict)  # arm -> its synthetic images' seg features
 
 
 def memorisation(params: StudyParams, paths: RunPaths, ref: Reference, arms=None) -> Memorisation:
@@ -255,16 +259,18 @@ def memorisation(params: StudyParams, paths: RunPaths, ref: Reference, arms=None
     flags' false-positive floor) and of the training images themselves (:data:`COPIER`, rows only: every one must be
     flagged, and its DCR share is the ceiling a copier reaches with this run's set sizes)."""
     arms = registry.names() if arms is None else arms
-    samples, images, rows = {}, {}, []
+    samples, images, features, rows = {}, {}, {}, []
     for arm in tqdm(list(arms), desc="nearest neighbours", unit="arm"):
         images[arm] = generation.load_samples(paths, arm, "synthetic")["images"]
-        samples[arm] = nearest_to_train(params, ref, images[arm])
-        rows += nearest_rows(params, ref, arm, samples[arm]) + dcr_rows(params, ref, arm, images[arm])
+        features[arm] = ref.space(images[arm])
+        samples[arm] = nearest_to_train(params, ref, images[arm], features[arm])
+        rows += nearest_rows(params, ref, arm, samples[arm]) + dcr_rows(params, ref, arm, images[arm], features[arm])
     images[UNSEEN], samples[UNSEEN] = ref.holdout.images, ref.holdout_nearest
     rows += nearest_rows(params, ref, UNSEEN, ref.holdout_nearest, ref.holdout.meta["patient"].to_numpy())
     copier = ref.train.images  # the positive control: flagged, and closer to its training set, by construction
-    rows += nearest_rows(params, ref, COPIER, nearest_to_train(params, ref, copier)) + dcr_rows(params, ref, COPIER, copier)
-    return Memorisation(samples, pd.DataFrame(rows), images)
+    rows += (nearest_rows(params, ref, COPIER, nearest_to_train(params, ref, copier, ref.train_features))
+             + dcr_rows(params, ref, COPIER, copier, ref.train_features))
+    return Memorisation(samples, pd.DataFrame(rows), images, features)
 
 
 def most_similar(mem: Memorisation, n: int = 6) -> pd.DataFrame:
@@ -387,9 +393,8 @@ def reference_attack(params: StudyParams, positive: np.ndarray, negative: np.nda
 
 
 def _bounds(key: str, draws: np.ndarray, level: float) -> dict:
-    alpha = (1 - level) / 2
-    low, high = np.quantile(draws, [alpha, 1 - alpha]) if len(draws) else (math.nan, math.nan)
-    return {f"{key}_low": float(low), f"{key}_high": float(high)}
+    low, high = percentile_bounds(draws, level)
+    return {f"{key}_low": low, f"{key}_high": high}
 
 
 def permutation_p(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, n: int, seed: int) -> float:
@@ -448,11 +453,12 @@ def score_rows(params: StudyParams, scores: np.ndarray, labels: np.ndarray, grou
     return rows
 
 
-def attack(params: StudyParams, positive: np.ndarray, negative: np.ndarray, pos_groups, neg_groups, name: str) -> tuple[list[dict], list[dict]]:
-    """Every attack on one (positive, negative) pair of error sets (N, L): the loss attack per level and aggregated
-    (the pre-registered primary: it fits nothing), and the calibrated attack (cross-fitted once over patients, then
-    evaluated like the loss attack), each per slice and per patient (:func:`score_rows`). Returns long-form rows and
-    the slice-level ROC points."""
+def attack(params: StudyParams, positive: np.ndarray, negative: np.ndarray, pos_groups, neg_groups, name: str,
+           per_level: bool = True) -> tuple[list[dict], list[dict]]:
+    """Every attack on one (positive, negative) pair of error sets (N, L): the loss attack per level (unless not
+    ``per_level``) and aggregated (the pre-registered primary: it fits nothing), and the calibrated attack
+    (cross-fitted once over patients, then evaluated like the loss attack), each per slice and per patient
+    (:func:`score_rows`). Returns long-form rows and the slice-level ROC points."""
     errors = np.concatenate([positive, negative])
     labels, groups = pair(pos_groups, neg_groups)
     try:
@@ -460,7 +466,7 @@ def attack(params: StudyParams, positive: np.ndarray, negative: np.ndarray, pos_
     except ValueError as exc:
         raise ValueError(f"membership attack {name}: {exc}. Raise data.n_holdout_patients (non-members) or "
                          "data.n_cross_patients (the reference protocol's non-members) in the params") from None
-    runs = [("loss", snr, mp.loss_scores(errors[:, level])) for level, snr in enumerate(params.privacy.mia_snr)]
+    runs = [("loss", snr, mp.loss_scores(errors[:, level])) for level, snr in enumerate(params.privacy.mia_snr) if per_level]
     runs += [("loss", math.nan, mp.loss_scores(errors)), ("calibrated", math.nan, calibrated)]
     rows, roc = [], []
     for kind, snr, scores in runs:
@@ -511,14 +517,14 @@ def attacks(params: StudyParams, ref: Reference, errors: dict[str, dict[str, np.
 
 
 def member_units(params: StudyParams, ref: Reference, metric: str, arm: str, step: int | None, scores: dict[str, np.ndarray],
-                 seed: int = 0) -> pd.DataFrame:
+                 seed: int = 0, per_patient: bool = False) -> pd.DataFrame:
     """An attack's scores of the member (``train``) and holdout slices as units of :mod:`cmrlib.claims` (label 1 for
-    members): one per slice, or with ``metric`` ``released_auc`` one per patient (the mean of its slices, as the
-    summary and the export gate read that attack); ``step`` None for the final model, ``seed`` the generator seed."""
+    members): one per slice, or ``per_patient`` one per patient (the mean of its slices); ``step`` None for the final
+    model, ``seed`` the generator seed."""
     labels, groups = pair(ref.train.meta["patient"], ref.holdout.meta["patient"])
     values = np.concatenate([scores["train"], scores["holdout"]])
     units = np.concatenate([[f"{name}/{i}" for i in range(len(scores[name]))] for name in ("train", "holdout")])
-    if metric == "released_auc":
+    if per_patient:
         values, labels, groups = mp.per_patient(values, groups, labels)
         units = groups
     return claims.units_frame(metric, arm, 1.0 if step is None else claims.fraction(params, arm, step), seed, groups, units,
@@ -636,42 +642,47 @@ def membership(params: StudyParams, paths: RunPaths, ref: Reference, arms=None) 
 
 
 # -- the attack on the released synthetic set -------------------------------------------------------------------------
-def released_pair(params: StudyParams, ref: Reference, released: np.ndarray, space: str, pos: str, neg: str,
+def released_pair(params: StudyParams, ref: Reference, target: np.ndarray, space: str, pos: str, neg: str,
                   name: str) -> list[dict]:
     """The released-set attack (:func:`cmrlib.metrics.privacy.released_scores`) of one set of real candidates, ``pos``
-    (label 1) against ``neg``, in ``space`` (``pixel`` or ``seg``; ``released`` given in pixels), per slice and patient."""
+    (label 1) against ``neg``, in ``space``: ``pixel`` (``target``: the released images) or ``seg`` (``target``: their
+    seg features), per slice and patient."""
     query = (lambda n: ref.sets[n].images) if space == "pixel" else ref.features
-    target = released if space == "pixel" else ref.space(released)
     scores = np.concatenate([mp.released_scores(query(pos), target), mp.released_scores(query(neg), target)])
     return score_rows(params, scores, *pair(ref.sets[pos].meta["patient"], ref.sets[neg].meta["patient"]), name)
 
 
-def released(params: StudyParams, ref: Reference, images: dict[str, np.ndarray]) -> pd.DataFrame:
-    """The attack on each released synthetic set (``images``: arm -> synthetic images), in pixel and seg space:
+def released(params: StudyParams, ref: Reference, images: dict[str, np.ndarray],
+             features: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """The attack on each released synthetic set (``images``: arm -> synthetic images; ``features``: their seg
+    features where already computed), in pixel and seg space:
     members vs holdout patients (``ours``: the privacy number the export gate and the paper lead with), and holdout vs
     test patients (``never seen``: nothing to find). The training images themselves as the released set
     (:data:`COPIER`) are the positive control: every member must be found. One row per (arm, protocol, space, unit)."""
+    features = {**(features or {}), COPIER: ref.train_features}
     rows = []
     for arm, synthetic in {**images, COPIER: ref.train.images}.items():
+        targets = {"pixel": synthetic, "seg": features[arm] if arm in features else ref.space(synthetic)}
         for protocol in ("ours", "never seen"):
             pos, neg, _ = PROTOCOLS[protocol]
-            for space in ("pixel", "seg"):
+            for space, target in targets.items():
                 rows += [{"arm": arm, "protocol": protocol, "space": space, **r, "n_released": len(synthetic)}
-                         for r in released_pair(params, ref, synthetic, space, pos, neg, f"{arm}/{protocol}/{space}/released")]
+                         for r in released_pair(params, ref, target, space, pos, neg, f"{arm}/{protocol}/{space}/released")]
     return pd.DataFrame(rows)
 
 
 def released_units(params: StudyParams, ref: Reference, arm: str, step: int | None, synthetic: np.ndarray, seed: int = 0) -> pd.DataFrame:
-    """The released-set attack's pixel-space score of every member and holdout patient (:func:`member_units`)."""
+    """The released-set attack's pixel-space score of every member and holdout patient (:func:`member_units`), per
+    patient as the summary and the export gate read it."""
     return member_units(params, ref, "released_auc", arm, step,
-                        {k: mp.released_scores(ref.sets[k].images, synthetic) for k in ("train", "holdout")}, seed)
+                        {k: mp.released_scores(ref.sets[k].images, synthetic) for k in ("train", "holdout")}, seed, per_patient=True)
 
 
 def released_attack(params: StudyParams, paths: RunPaths, ref: Reference, mem: Memorisation, arms=None) -> pd.DataFrame:
     """:func:`released` on every arm's synthetic set (the first generator seed's), and the per-slice scores of every
     generator seed's set to ``metrics/units/released.csv``."""
     arms = registry.names() if arms is None else arms
-    table = released(params, ref, {arm: mem.images[arm] for arm in arms})
+    table = released(params, ref, {arm: mem.images[arm] for arm in arms}, mem.features)
     units = [released_units(params, ref, arm, None, mem.images[arm]) for arm in arms]
     for replica in generation.seed_replicas(params)[1:]:
         units += [released_units(params, ref, arm, None, generation.load_samples(paths, replica.folder(arm), "synthetic")["images"],
@@ -703,7 +714,7 @@ def against_training_step(params: StudyParams, paths: RunPaths, ref: Reference, 
                 units.append(loss_units(params, ref, arm, step, errors))
                 released_steps.append(released_units(params, ref, arm, step, subset["images"]))
             r, _ = attack(params, errors["train"], errors["holdout"], ref.train.meta["patient"], ref.holdout.meta["patient"],
-                          f"{arm}/ours/step{step}")
+                          f"{arm}/ours/step{step}", per_level=False)
             loss = next(x for x in r if x["attack"] == "loss" and x["level"] == "all" and x["unit"] == "slice")
             rel = next(x for x in released_pair(params, ref, subset["images"], "pixel", "train", "holdout", f"{arm}/step{step}/released")
                        if x["unit"] == "patient")

@@ -73,8 +73,9 @@ def white_box(params: StudyParams, model, positive: SliceSet, negative: SliceSet
     """The loss and calibrated attacks (aggregated over the levels) of ``model``, ``positive`` against ``negative``."""
     err = {k: privacy.model_errors(params, model, s.images, s.masks, f"{name} errors on {k}") for k, s in
            (("positive", positive), ("negative", negative))}
-    rows, _ = privacy.attack(params, err["positive"], err["negative"], positive.meta["patient"], negative.meta["patient"], name)
-    return [r for r in rows if r["level"] == "all"]
+    rows, _ = privacy.attack(params, err["positive"], err["negative"], positive.meta["patient"], negative.meta["patient"], name,
+                             per_level=False)
+    return rows
 
 
 def trained(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, ref: privacy.Reference) -> pd.DataFrame:

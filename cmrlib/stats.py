@@ -49,6 +49,13 @@ class Interval:
                 "n_groups": self.n_groups, "interval": self.method}
 
 
+def percentile_bounds(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap draws; NaN bounds when there are none."""
+    alpha = (1 - level) / 2
+    low, high = np.quantile(draws, [alpha, 1 - alpha]) if len(draws) else (np.nan, np.nan)
+    return float(low), float(high)
+
+
 def bootstrap_mean(values: np.ndarray, groups: np.ndarray | None = None, *, n_boot: int = 1000, level: float = 0.95,
                    seed: int = 0) -> list[Interval]:
     """Mean of ``values`` ((N,) or (N, K): K statistics at once) over slices, ignoring NaN, with a percentile
@@ -76,14 +83,11 @@ def bootstrap_mean(values: np.ndarray, groups: np.ndarray | None = None, *, n_bo
         rng = np.random.default_rng(seed)
         draws = rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups), size=n_boot) if n_groups else np.zeros((0, 0))
         boot = (draws @ sums) / (draws @ counts)  # (n_boot, K)
-    alpha = (1 - level) / 2
     method = f"percentile bootstrap over {n_groups} groups, {n_boot} draws" if groups is not None else "bootstrap"
     out = []
     for k in range(values.shape[1]):
         b = boot[:, k]
-        b = b[~np.isnan(b)]
-        low, high = (np.quantile(b, [alpha, 1 - alpha]) if len(b) else (np.nan, np.nan))
-        out.append(Interval(float(estimate[k]), float(low), float(high), level, n_groups, method))
+        out.append(Interval(float(estimate[k]), *percentile_bounds(b[~np.isnan(b)], level), level, n_groups, method))
     return out
 
 
@@ -93,11 +97,9 @@ def bootstrap_statistic(statistic: Callable[[np.ndarray], float], groups: np.nda
     bootstrap interval that resamples whole ``groups`` (patients) with replacement, separately within each stratum
     (for example members and non-members, so every draw keeps both classes). Draws giving NaN are dropped."""
     estimate, boot = bootstrap_draws(lambda seeds, rows: statistic(rows), groups, strata=strata, n_boot=n_boot, seed=seed)
-    alpha = (1 - level) / 2
-    low, high = np.quantile(boot, [alpha, 1 - alpha]) if len(boot) else (np.nan, np.nan)
     strata = np.zeros(len(groups), dtype=int) if strata is None else np.asarray(strata)
     n_groups = len(set(zip(strata.tolist(), np.asarray(groups).tolist())))
-    return Interval(estimate, float(low), float(high), level, n_groups, f"percentile bootstrap over {n_groups} groups, {n_boot} draws")
+    return Interval(estimate, *percentile_bounds(boot, level), level, n_groups, f"percentile bootstrap over {n_groups} groups, {n_boot} draws")
 
 
 def bootstrap_two_sample(statistic: Callable[[np.ndarray, np.ndarray], float], groups_a: np.ndarray, groups_b: np.ndarray,
@@ -117,10 +119,9 @@ def bootstrap_two_sample(statistic: Callable[[np.ndarray, np.ndarray], float], g
         draws.append(statistic(*rows))
     draws = np.asarray(draws, dtype=np.float64)
     draws = draws[np.isfinite(draws)]
-    alpha = (1 - level) / 2
-    low, high = np.quantile(draws - (draws.mean() - estimate), [alpha, 1 - alpha]) if len(draws) else (np.nan, np.nan)
+    low, high = percentile_bounds(draws - (draws.mean() - estimate) if len(draws) else draws, level)
     n = f"{len(members[0])} and {len(members[1])} groups"
-    return Interval(estimate, float(low), float(high), level, len(members[0]), f"bias-corrected percentile bootstrap over {n}, {n_boot} draws")
+    return Interval(estimate, low, high, level, len(members[0]), f"bias-corrected percentile bootstrap over {n}, {n_boot} draws")
 
 
 def holm(p_values) -> np.ndarray:
@@ -223,13 +224,11 @@ def compare(estimate: float, draws: np.ndarray, margin: float, level: float = 0.
         nan = float("nan")
         return Comparison(float(estimate), nan, nan, level, margin, nan, nan, nan, nan, n)
     share = lambda hits: float((np.count_nonzero(hits) + 1) / (n + 1))
-    alpha = (1 - level) / 2
-    low, high = np.quantile(draws, [alpha, 1 - alpha])
-    return Comparison(float(estimate), float(low), float(high), level, margin,
+    return Comparison(float(estimate), *percentile_bounds(draws, level), level, margin,
                       p_difference=min(1.0, 2 * min(share(draws <= 0), share(draws >= 0))),
                       p_equivalence=max(share(draws <= -margin), share(draws >= margin)),
                       p_noninferiority=share(draws <= -margin), p_inferiority=share(draws >= -margin), n_draws=n)
 
 
-__all__ = ["Interval", "Comparison", "bootstrap_mean", "bootstrap_statistic", "bootstrap_two_sample", "bootstrap_draws", "seeded_mean", "compare",
+__all__ = ["Interval", "Comparison", "percentile_bounds", "bootstrap_mean", "bootstrap_statistic", "bootstrap_two_sample", "bootstrap_draws", "seeded_mean", "compare",
            "holm", "mean_and_spread"]

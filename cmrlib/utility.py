@@ -74,7 +74,7 @@ from .paths import RunPaths
 from .data.splits import first_patients as real_patients, real_patient_counts as n_real_grid
 from .seeds import seed_for
 from .segmenters import segment
-from .stats import Interval, bootstrap_draws, bootstrap_mean, compare, format_interval, holm, mean_and_spread, seeded_mean
+from .stats import Interval, bootstrap_draws, bootstrap_mean, compare, format_interval, holm, mean_and_spread, percentile_bounds, seeded_mean
 
 STAGE = "40_utility"
 CHECKPOINT_DIR = "utility"
@@ -459,10 +459,8 @@ def _hierarchical(values: pd.DataFrame, params: StudyParams, what: str) -> tuple
     u = params.utility
     estimate, draws = bootstrap_draws(seeded_mean(values.to_numpy(dtype=np.float64)), np.arange(values.shape[1]),
                                       n_seeds=len(values), n_boot=u.bootstrap, seed=seed_for(params.seed, "bootstrap", "utility", what))
-    alpha = (1 - u.confidence) / 2
-    low, high = np.quantile(draws, [alpha, 1 - alpha]) if len(draws) else (np.nan, np.nan)
     method = f"hierarchical bootstrap over {len(values)} seeds and {values.shape[1]} patients, {u.bootstrap} draws"
-    return Interval(estimate, float(low), float(high), u.confidence, values.shape[1], method), draws
+    return Interval(estimate, *percentile_bounds(draws, u.confidence), u.confidence, values.shape[1], method), draws
 
 
 def summary(params: StudyParams, results: Results) -> pd.DataFrame:
