@@ -213,6 +213,11 @@ class DataParams(_Section):
 # -- generators ------------------------------------------------------------------------------
 DiffusionSampler = Literal["ancestral", "ddim", "dpmsolver++"]  # cmrlib.models.diffusion.SAMPLERS
 FlowSampler = Literal["euler", "midpoint", "heun"]  # cmrlib.models.flow.SAMPLERS
+Conditioning = Literal["concat", "spade", "controlnet"]  # cmrlib.models.unet.CONDITIONINGS
+CONDITIONING_FIELD = Field(
+    default="concat", description="how the mask enters the arm's network: concatenated to its input (every arm's "
+    "default, one interface for all), SPADE normalisation in every residual block (the reference's LDM), or a "
+    "ControlNet fed the mask (the reference's FM); params/reference_conditioning.yaml is the reference's choice")
 
 
 class UNetParams(_Section):
@@ -307,6 +312,7 @@ class MaskPriorParams(_Section):
 
 class DDPMParams(_Section):
     unet: UNetParams = UNetParams()
+    conditioning: Conditioning = CONDITIONING_FIELD
     # velocity prediction, no clipping: with noise prediction the implied clean image is far off at high noise and
     # DDIM lost quality as its steps grew, clipped or not (docs/benchmarks.md#ddim-against-its-steps)
     schedule: ScheduleParams = ScheduleParams(prediction_type="v_prediction", clip_sample=False)
@@ -327,6 +333,7 @@ class AutoencoderParams(_Section):
 class LDMParams(_Section):
     autoencoder: AutoencoderParams = AutoencoderParams()
     unet: UNetParams = UNetParams(widths=[32, 64, 128], attention=[False, False, True])
+    conditioning: Conditioning = CONDITIONING_FIELD
     schedule: ScheduleParams = ScheduleParams()
     # 2000 steps of the latent UNet (0.16 s/step) take the wall time of 800 steps of the 64-px UNet (0.42 s/step);
     # at 800 steps the LDM did not follow its masks (mean Dice 0.32), at 2000 it does (0.74)
@@ -337,6 +344,7 @@ class LDMParams(_Section):
 
 class FMParams(_Section):
     unet: UNetParams = UNetParams()
+    conditioning: Conditioning = CONDITIONING_FIELD
     time_sampling: Literal["uniform", "logit_normal"] = "uniform"
     train: TrainParams = TrainParams()
     # 10 network evaluations; reaches the 1000-step Euler Dice from 5 steps on

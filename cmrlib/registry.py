@@ -130,7 +130,7 @@ def _build_ddpm(params: StudyParams):
 
     p = params.generators.ddpm
     return DiffusionModel(data_channels=1, cond_channels=NUM_CLASSES, sample_size=params.data.image_size, unet=_unet(p),
-                          **p.schedule.model_dump())
+                          conditioning=p.conditioning, **p.schedule.model_dump())
 
 
 def _build_ldm(params: StudyParams):
@@ -142,7 +142,8 @@ def _build_ldm(params: StudyParams):
     autoencoder = Autoencoder(sample_size=params.data.image_size, widths=ae.widths, latent_channels=ae.latent_channels,
                               kl_weight=ae.kl_weight)
     diffusion = dict(data_channels=ae.latent_channels, cond_channels=NUM_CLASSES, sample_size=autoencoder.latent_size,
-                     unet=_unet(p), **{**p.schedule.model_dump(), "clip_sample": False})  # latents are not bounded
+                     unet=_unet(p), conditioning=p.conditioning,
+                     **{**p.schedule.model_dump(), "clip_sample": False})  # latents are not bounded
     return LatentDiffusion(autoencoder=autoencoder.config, diffusion=diffusion)
 
 
@@ -151,7 +152,7 @@ def _build_fm(params: StudyParams):
 
     p = params.generators.fm
     return FlowMatchingModel(data_channels=1, cond_channels=NUM_CLASSES, sample_size=params.data.image_size, unet=_unet(p),
-                             time_sampling=p.time_sampling)
+                             conditioning=p.conditioning, time_sampling=p.time_sampling)
 
 
 def diffusion_reference(section) -> tuple[str, int]:

@@ -7,7 +7,8 @@ Every model is an ``nn.Module`` with ``config`` (every hyperparameter, stored in
   signal-to-noise ratio is ``snr``, the same grid for every family (used by the membership attacks);
 - ``noise_level(snr)``: that noise level in the family's own units (a diffusion timestep, a flow time);
 - ``denoiser``: the trained network (the UNet), for benchmarks that time it alone.
-``cond`` is the one-hot mask (B, 4, H, W) concatenated to the network input (resized to the latent grid for the LDM).
+``cond`` is the one-hot mask (B, 4, H, W), concatenated to the network input (resized to the latent grid for the LDM)
+by default, or fed to SPADE or a ControlNet (``conditioning``, :mod:`cmrlib.models.unet`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Denoising diffusion (DDPM, Ho et al. 2020) with mask conditioning by concatenation.
+"""Denoising diffusion (DDPM, Ho et al. 2020), mask-conditioned (by concatenation unless ``conditioning`` says otherwise).
 
 One class serves the DDPM arm (images), the stage-1 mask prior (one-hot masks) and the LDM's latent model
 (autoencoder latents). The network predicts the noise (``epsilon``) or the velocity (``v_prediction``, Salimans & Ho
@@ -14,7 +14,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import Tensor, nn
 
-from .unet import build_unet, concat_condition
+from .unet import build_denoiser
 
 SAMPLERS = {
     # name -> (scheduler class, extra scheduler kwargs)
@@ -39,7 +39,8 @@ def betas_for(schedule: str, steps: int, beta_start: float, beta_end: float) -> 
 
 
 class DiffusionModel(nn.Module):
-    """x (B, C, H, W), cond (B, K, h, w) or None; ``cond`` is resized to x's grid and concatenated to the input."""
+    """x (B, C, H, W), cond (B, K, h, w) or None; ``cond`` enters the network as ``conditioning`` says
+    (concatenated to the input by default)."""
 
     family = "diffusion"
 
@@ -50,6 +51,7 @@ class DiffusionModel(nn.Module):
         cond_channels: int,
         sample_size: int,
         unet: dict,
+        conditioning: str = "concat",  # how the mask enters the network (cmrlib.models.unet.CONDITIONINGS)
         num_train_timesteps: int = 1000,  # Ho et al. 2020
         beta_schedule: str = "linear",
         beta_start: float = 1e-4,
@@ -63,11 +65,11 @@ class DiffusionModel(nn.Module):
             raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of: {', '.join(PREDICTIONS)}")
         self.config = dict(
             family=self.family, data_channels=data_channels, cond_channels=cond_channels, sample_size=sample_size,
-            unet=dict(unet), num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+            unet=dict(unet), conditioning=conditioning, num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
             beta_start=beta_start, beta_end=beta_end, clip_sample=clip_sample, min_snr_gamma=min_snr_gamma,
             prediction_type=prediction_type,
         )
-        self.net = build_unet(in_channels=data_channels + cond_channels, out_channels=data_channels, sample_size=sample_size, **unet)
+        self.net = build_denoiser(conditioning, data_channels=data_channels, cond_channels=cond_channels, sample_size=sample_size, unet=unet)
         betas = betas_for(beta_schedule, num_train_timesteps, beta_start, beta_end)
         alphas_cumprod = torch.cumprod(1 - betas, dim=0)
         self.register_buffer("betas", betas.float(), persistent=False)
@@ -82,7 +84,7 @@ class DiffusionModel(nn.Module):
 
     def network_output(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         """What the network predicts (``prediction_type``): the noise or the velocity."""
-        return self.net(concat_condition(x_t, cond), t).sample
+        return self.net(x_t, t, cond)
 
     def _target(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         if self.config["prediction_type"] == "epsilon":
@@ -126,7 +128,7 @@ class DiffusionModel(nn.Module):
 
     @property
     def denoiser(self) -> nn.Module:
-        """The trained network (a diffusers UNet2DModel)."""
+        """The trained network (:func:`cmrlib.models.unet.build_denoiser`), called as ``net(x_t, t, cond)``."""
         return self.net
 
     @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Flow matching on the straight path (rectified flow; Liu et al. 2023, Lipman et al. 2023), mask by concatenation.
+"""Flow matching on the straight path (rectified flow; Liu et al. 2023, Lipman et al. 2023), mask-conditioned
+(by concatenation unless ``conditioning`` says otherwise).
 
 Path x_t = (1 - t) x_noise + t x_data for t in [0, 1] (t = 1 is data), target velocity u = x_data - x_noise.
 The network sees the timestep t x 999, as in the reference study. Samplers integrate dx/dt = v(x, t) from t = 0
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .unet import build_unet, concat_condition
+from .unet import build_denoiser
 
 Velocity = Callable[[Tensor, Tensor], Tensor]
 
@@ -78,18 +79,20 @@ class FlowMatchingModel(nn.Module):
         cond_channels: int,
         sample_size: int,
         unet: dict,
+        conditioning: str = "concat",  # how the mask enters the network (cmrlib.models.unet.CONDITIONINGS)
         time_sampling: str = "uniform",  # or "logit_normal" (Esser et al. 2024, SD3)
     ):
         super().__init__()
         if time_sampling not in ("uniform", "logit_normal"):
             raise ValueError(f"unknown time_sampling {time_sampling!r}; choose one of: uniform, logit_normal")
         self.config = dict(family=self.family, data_channels=data_channels, cond_channels=cond_channels,
-                           sample_size=sample_size, unet=dict(unet), time_sampling=time_sampling)
-        self.net = build_unet(in_channels=data_channels + cond_channels, out_channels=data_channels, sample_size=sample_size, **unet)
+                           sample_size=sample_size, unet=dict(unet), conditioning=conditioning,
+                           time_sampling=time_sampling)
+        self.net = build_denoiser(conditioning, data_channels=data_channels, cond_channels=cond_channels, sample_size=sample_size, unet=unet)
 
     def velocity(self, x_t: Tensor, t: Tensor | float, cond: Tensor | None) -> Tensor:
         t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device).expand(x_t.shape[0])
-        return self.net(concat_condition(x_t, cond), t * 999).sample
+        return self.net(x_t, t * 999, cond)
 
     def sample_time(self, n: int, generator: torch.Generator, device) -> Tensor:
         if self.config["time_sampling"] == "logit_normal":
@@ -109,7 +112,7 @@ class FlowMatchingModel(nn.Module):
 
     @property
     def denoiser(self) -> nn.Module:
-        """The trained network (a diffusers UNet2DModel)."""
+        """The trained network (:func:`cmrlib.models.unet.build_denoiser`), called as ``net(x_t, t, cond)``."""
         return self.net
 
     @torch.no_grad()

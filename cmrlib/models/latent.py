@@ -1,5 +1,6 @@
 """Latent diffusion (Rombach et al. 2022): a KL autoencoder trained on the training patients, then frozen, and
-the mask-conditioned :class:`DiffusionModel` in its latent space (the mask resized to the latent grid)."""
+the mask-conditioned :class:`DiffusionModel` in its latent space (the mask resized to the latent grid, or fed to
+SPADE or a ControlNet: ``conditioning``)."""
 
 from __future__ import annotations
 
