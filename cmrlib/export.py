@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, generation, registry
+from . import __version__, data, generation, registry
 from .jsonio import write_json
+from .data import anatomy
 from .data.preprocess import pixel_size_mm
 from .labels import CLASSES
 from .params import StudyParams
@@ -68,7 +69,8 @@ def generate(run: str | Path, arm: str, n: int, seed: int | None = None) -> Path
     params, paths = open_run(run)
     seed = params.seed if seed is None else seed
     prior, _ = generation.load_arm(params, paths, "mask_prior")
-    masks = generation.sample_masks(prior, n, params.generators.mask_prior.sample, seed_for(seed, "generate", "masks"))
+    train = data.load(paths)[0].split("train")
+    masks = generation.stage1_masks(params, prior, n, seed_for(seed, "generate", "masks"), train.masks).masks
     model, ckpt = generation.load_arm(params, paths, arm)
     sampling = registry.get(arm).params(params).sample
     image_seed = seed_for(seed, "generate", arm)
@@ -148,8 +150,17 @@ def _training_data_sets(params: StudyParams, paths: RunPaths) -> list[str]:
     return sorted({datasets.get(d, d) for d in params.data.train_domains})
 
 
-def data_card(params: StudyParams, paths: RunPaths, arm: str, samples: str, n: int, gate: dict) -> dict:
-    """What the exported set is and what the run measured about it."""
+def _mask_origin(params: StudyParams, samples: str) -> str:
+    """Where the conditioning masks of a sample set come from, as the data card says it."""
+    stage1 = (f"stage-1 masks of the run's mask prior, {'only anatomically valid ones kept' if params.generators.mask_filter == 'valid' else 'unfiltered'}"
+              f" (generators.mask_filter: {params.generators.mask_filter})")
+    return {"paired": "real test masks", "synthetic_oracle": "real training masks (the oracle control: they are the "
+            "training patients' own label maps)", "synthetic_all": "stage-1 masks of the run's mask prior, unfiltered"
+            }.get(samples, stage1)
+
+
+def data_card(params: StudyParams, paths: RunPaths, arm: str, samples: str, masks: np.ndarray, gate: dict) -> dict:
+    """What the exported set is and what the run measured about it, the anatomical validity of its masks too."""
     table = generation.samples_table(paths, arm)
     rows = table[table["file"] == f"{samples}.npz"]
     if rows.empty:
@@ -163,8 +174,10 @@ def data_card(params: StudyParams, paths: RunPaths, arm: str, samples: str, n: i
             if r["set"] == arm and r["metric"] in ("dice_mean", "fid", "kid"):
                 fidelity[r["metric"]] = {k: r[k] for k in ("estimate", "low", "high")}
     privacy = privacy_results(paths, arm) if (paths.metrics / "privacy.json").is_file() else {}
+    reference = data.load(paths)[0].split("train").masks if paths.splits.is_file() else None  # the real area range
+    flags = anatomy.check_masks(masks, reference)
     return {
-        "arm": arm, "samples": samples, "n": n, "cmrlib_version": __version__,
+        "arm": arm, "samples": samples, "n": len(masks), "cmrlib_version": __version__,
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": {"name": params.run_name, "folder": str(paths.root), "params_digest": params.digest(), "seed": params.seed},
         "training_data": {"data_sets": _training_data_sets(params, paths), "train_patients": params.data.n_train_patients,
@@ -172,7 +185,11 @@ def data_card(params: StudyParams, paths: RunPaths, arm: str, samples: str, n: i
                           "pixel_size_mm": pixel_size_mm(params.data), "resampled_to_mm": params.data.spacing_mm,
                           "crop_mm": params.data.crop_mm},
         "generation": {k: row.get(k) for k in ("seed", "sampler", "steps", "weights", "checkpoint_step")},
-        "masks": "stage-1 masks of the run's mask prior" if samples != "paired" else "real test masks",
+        "masks": _mask_origin(params, samples),
+        "mask_validity": {"criteria": "cmrlib.data.anatomy: " + ", ".join(k for k in flags if k != "valid") + (
+                          " (areas against the real training masks' range)" if reference is not None else
+                          " (no real masks in the run folder: class areas not judged)"),
+                          **{k: round(float(v.mean()), 4) for k, v in flags.items()}},
         "fidelity": fidelity, "privacy": privacy, "privacy_gate": gate,
         "labels": {str(k): v for k, v in CLASSES.items()},
     }
@@ -187,6 +204,8 @@ def _card_markdown(card: dict) -> str:
              f"domains {', '.join(card['training_data']['domains'])}), {card['training_data']['image_size']} px",
              f"- sampler {card['generation']['sampler']}, {card['generation']['steps']} steps, {card['generation']['weights']} "
              f"weights of step {card['generation']['checkpoint_step']}; masks: {card['masks']}",
+             f"- anatomically valid masks: {card['mask_validity']['valid']:.1%} (LV enclosed by a myocardial ring with one "
+             "hole, one component per structure, the RV against the septum, class areas within the real range)",
              f"- privacy gate: {verdict} ({'; '.join(gate['failures']) or 'all numbers within the thresholds'})", "",
              "## Fidelity", ""]
     lines += [f"- {k}: {format_interval(v['estimate'], v.get('low'), v.get('high'))}" for k, v in card["fidelity"].items()] or ["- not measured (run 30_fidelity)"]
@@ -208,9 +227,9 @@ def export(run: str | Path, arm: str, fmt: str, out: str | Path, samples: str = 
         raise FileExistsError(f"{out} is not empty: export into a new folder")
     params, paths = open_run(run)
     gate = privacy_gate(params, privacy_results(paths, arm), override)
-    data = generation.load_samples(paths, arm, samples)
-    images, masks = data["images"], data["masks"]
-    card = data_card(params, paths, arm, samples, len(images), gate)  # before any data: a set never lacks its card
+    sample = generation.load_samples(paths, arm, samples)
+    images, masks = sample["images"], sample["masks"]
+    card = data_card(params, paths, arm, samples, masks, gate)  # before any data: a set never lacks its card
     out.parent.mkdir(parents=True, exist_ok=True)
     # everything goes to a hidden folder beside `out`, moved into place whole: a failure leaves no half-export
     partial = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))

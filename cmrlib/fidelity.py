@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from . import claims, generation, metrics, registry, report, segmenters, training
+from .data import anatomy
 from .data.records import SliceSet
 from .jsonio import write_json
 from .labels import FOREGROUND
@@ -72,6 +73,7 @@ class Reference:
     features: np.ndarray  # the real test images in the chosen feature space
     seg_features: np.ndarray  # ... and in the seg space (steps and checkpoint curves)
     train_images: np.ndarray
+    train_masks: np.ndarray  # the real range of the masks' anatomical check
     train_patients: np.ndarray
     space: metrics.FeatureSpace
     seg_space: metrics.FeatureSpace
@@ -93,7 +95,7 @@ def reference(params: StudyParams, slices: SliceSet, segmenter: SegmentationMode
     feats = seg_feats if space.name == "seg" else space(images)
     train = slices.split("train")
     return Reference(images=images, masks=slices.masks[rows], rows=rows, patients=slices.meta["patient"].to_numpy()[rows],
-                     features=feats, seg_features=seg_feats, train_images=train.images,
+                     features=feats, seg_features=seg_feats, train_images=train.images, train_masks=train.masks,
                      train_patients=train.meta["patient"].to_numpy(), space=space, seg_space=seg_space,
                      counts={"test_slices": len(rows), "test_patients": int(len(set(slices.meta["patient"].to_numpy()[rows]))),
                              "train_slices": len(train), "train_patients": int(train.meta["patient"].nunique())})
@@ -219,6 +221,42 @@ def evaluate(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: Se
     return table
 
 
+MASK_SOURCES = {"stage-1": "synthetic", "all": "synthetic_all", "oracle": "synthetic_oracle"}  # source -> samples file
+
+
+def mask_sources(params: StudyParams, paths: RunPaths, ref: Reference, segmenter: SegmentationModel, arms=None) -> pd.DataFrame:
+    """Stage 2 alone beside the two-stage pipeline: per arm and mask source (``stage-1``: the masks of
+    ``generators.mask_filter`` that condition the synthetic set; ``all``: the unfiltered stage-1 draws; ``oracle``:
+    real training masks), the set's FID and KID against the real test images (intervals as the main table's), its
+    mask faithfulness (the reference segmenter's Dice against the conditioning masks, bootstrap over images) and the
+    share of its masks that are anatomically valid (:func:`cmrlib.data.anatomy.check_masks`, areas against the real
+    training masks). Long form, as :func:`evaluate`; a source whose set was not generated is left out."""
+    rows = []
+    for arm in registry.names() if arms is None else arms:
+        for source, file in MASK_SOURCES.items():
+            if not (paths.samples / arm / f"{file}.npz").exists():
+                continue
+            sample = generation.load_samples(paths, arm, file)
+            name = f"{arm} ({source} masks)"
+            out = [r for r in distribution_rows(name, ref.features, ref.space(sample["images"]), params, ref.patients)
+                   if r["metric"] in ("fid", "kid")]
+            dice = _with_mean(segmenters.mask_faithfulness(segmenter, sample["images"], sample["masks"]))
+            out += _boot_rows(name, DICE + ["dice_mean"], dice, None, params, f"dice/{name}", "images")
+            valid = anatomy.check_masks(sample["masks"], ref.train_masks)["valid"]
+            out.append(_row(name, "valid_masks", valid.mean(), n=len(valid)))
+            rows += [r | {"arm": arm, "mask_source": source} for r in out]
+    return pd.DataFrame(rows)
+
+
+def mask_source_table(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`mask_sources` wide: one row per (arm, source), the estimates with their intervals."""
+    if table.empty:
+        return table
+    cells = table.assign(cell=[format_interval(e, lo, hi) for e, lo, hi in zip(table.estimate, table.low, table.high)])
+    wide = cells.pivot_table(index=["arm", "mask_source"], columns="metric", values="cell", aggfunc="first", sort=False)
+    return wide[[c for c in ("valid_masks", "dice_mean", "fid", "kid") if c in wide]]
+
+
 def summary(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """Wide view: one row per metric, one column per set, ``estimate [low, high]`` where there is an interval."""
     cells = [format_interval(r.estimate, r.low, r.high, digits) for r in table.itertuples()]
@@ -328,12 +366,30 @@ def quality_against_training_step(params: StudyParams, paths: RunPaths, ref: Ref
     return pd.DataFrame(rows)
 
 
+def stage1_record(params: StudyParams, paths: RunPaths, ref: Reference) -> dict:
+    """How valid the masks that condition the synthetic sets are, beside the real training masks, and what the
+    filter cost (``generators.mask_filter``; the primary replica's stage-1 masks); empty without them."""
+    if not (paths.samples / generation.MASK_PRIOR / "masks.npz").exists():
+        return {}
+    row = generation.samples_table(paths, generation.MASK_PRIOR).iloc[-1]
+    sets = generation.mask_sets(paths)
+    valid = lambda masks: float(anatomy.check_masks(masks, ref.train_masks)["valid"].mean())
+    return {"mask_filter": params.generators.mask_filter, "real_valid": valid(ref.train_masks),
+            "conditioning_valid": valid(sets["conditioning"]), "drawn_valid": valid(sets["drawn"]),
+            "drawn": int(row.get("drawn", len(sets["drawn"]))), "accepted": int(row.get("accepted", -1)),
+            "n": len(sets["conditioning"])}
+
+
 # -- writing -------------------------------------------------------------------------------------------------------
 def save(params: StudyParams, paths: RunPaths, ref: Reference, table: pd.DataFrame, steps: pd.DataFrame,
-         checkpoints: pd.DataFrame, segmenter_result: training.TrainResult | None = None) -> Path:
+         checkpoints: pd.DataFrame, segmenter_result: training.TrainResult | None = None,
+         sources: pd.DataFrame | None = None) -> Path:
     """Write ``metrics/fidelity.json`` and the tables ``fidelity_metrics`` (long), ``fidelity_summary`` (wide),
-    ``fidelity_dice``, ``fidelity_steps`` and ``fidelity_checkpoints`` (CSV, Markdown, LaTeX)."""
+    ``fidelity_dice``, ``fidelity_steps``, ``fidelity_checkpoints`` and, given ``sources`` (:func:`mask_sources`),
+    ``fidelity_mask_sources`` (CSV, Markdown, LaTeX)."""
     report.save_table(table, paths.tables, "fidelity_metrics", index=False)
+    if sources is not None:
+        report.save_table(mask_source_table(sources), paths.tables, "fidelity_mask_sources")
     report.save_table(summary(table), paths.tables, "fidelity_summary")
     report.save_table(dice_table(table), paths.tables, "fidelity_dice", index=False)
     report.save_table(steps, paths.tables, "fidelity_steps", index=False)
@@ -360,9 +416,11 @@ def save(params: StudyParams, paths: RunPaths, ref: Reference, table: pd.DataFra
         "metrics": table.to_dict(orient="records"),
         "steps_against_quality": steps.to_dict(orient="records"),
         "quality_against_training_step": checkpoints.to_dict(orient="records"),
+        "mask_sources": [] if sources is None else sources.to_dict(orient="records"),
+        "stage1_masks": stage1_record(params, paths, ref),
     }
     return write_json(paths.metrics / "fidelity.json", record)
 
 
 __all__ = ["STAGE", "METRICS", "STRUCTURES", "Reference", "feature_space", "reference", "distribution_rows", "evaluate_arm", "evaluate_references",
-           "evaluate", "summary", "dice_table", "sampling_grid", "steps_against_quality", "quality_against_training_step", "save"]
+           "evaluate", "mask_sources", "mask_source_table", "MASK_SOURCES", "summary", "dice_table", "sampling_grid", "steps_against_quality", "quality_against_training_step", "save"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,37 +154,120 @@ def train_mask_prior(params: StudyParams, paths: RunPaths, train: SliceSet, repl
                                  desc=replica.folder("mask prior"))
 
 
-def sample_masks(model: torch.nn.Module, n: int, sampling, seed: int) -> np.ndarray:
-    """``n`` label maps: the argmax over the generated one-hot channels."""
+def _mask_batches(model: torch.nn.Module, sampling, seed: int):
+    """Batches of ``sampling.batch_size`` label maps (the argmax over the generated one-hot channels), without end."""
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    out = []
-    for i in tqdm(range(0, n, sampling.batch_size), desc="sampling masks", unit="batch"):
-        x = model.sample(None, sampler=sampling.sampler, steps=sampling.steps, generator=g, n=min(sampling.batch_size, n - i))
-        out.append(x.argmax(1).to(torch.uint8).cpu().numpy())
-    return np.concatenate(out)
+    while True:
+        x = model.sample(None, sampler=sampling.sampler, steps=sampling.steps, generator=g, n=sampling.batch_size)
+        yield x.argmax(1).to(torch.uint8).cpu().numpy()
 
 
-def sample_mask_prior(params: StudyParams, paths: RunPaths, replica: Replica = PRIMARY) -> np.ndarray:
-    """Generate ``generators.n_synthetic`` stage-1 masks with the trained prior; save them to ``samples/mask_prior``
-    (the replica's folder)."""
-    p = params.generators.mask_prior
+def sample_masks(model: torch.nn.Module, n: int, sampling, seed: int) -> np.ndarray:
+    """``n`` label maps drawn from the prior, as drawn."""
+    batches = _mask_batches(model, sampling, seed)
+    out = [next(batches) for _ in tqdm(range(0, n, sampling.batch_size), desc="sampling masks", unit="batch")]
+    return np.concatenate(out)[:n]
+
+
+@dataclass
+class FilteredMasks:
+    masks: np.ndarray  # (n, H, W): the conditioning set, the valid masks first
+    valid: np.ndarray  # (n,) bool: each conditioning mask meets every criterion
+    drawn: np.ndarray  # (n, H, W): the first n draws as drawn (unrepaired): the unfiltered set
+    n_drawn: int  # draws it took
+    n_accepted: int  # of them, valid after repair
+
+
+def filtered_masks(model: torch.nn.Module, n: int, sampling, seed: int, reference: np.ndarray, max_draws: int) -> FilteredMasks:
+    """Draw until ``n`` masks are valid after repair (:func:`cmrlib.data.anatomy.repair`, every criterion of
+    :func:`cmrlib.data.anatomy.check_masks` against the real ``reference`` maps) or ``max_draws`` x ``n`` draws are
+    spent; then the set is topped up with the first invalid (repaired) draws, with a warning."""
+    batches = _mask_batches(model, sampling, seed)
+    drawn, accepted, rejected = [], [], []
+    n_accepted = 0
+    with tqdm(total=n, desc="valid stage-1 masks", unit="mask") as bar:
+        while n_accepted < n and sum(map(len, drawn)) < max_draws * n:
+            batch = next(batches)
+            repaired = anatomy.repair(batch)
+            ok = anatomy.check_masks(repaired, reference)["valid"]
+            drawn.append(batch)
+            accepted.append(repaired[ok])
+            rejected.append(repaired[~ok])
+            n_accepted += int(ok.sum())
+            bar.update(min(int(ok.sum()), n - bar.n))
+            bar.set_postfix(drawn=sum(map(len, drawn)), refresh=False)
+    n_drawn = sum(map(len, drawn))
+    good = np.concatenate(accepted)[:n]
+    if len(good) < n:
+        warnings.warn(f"the mask prior gave {len(good)} valid masks of the {n} needed in {n_drawn} draws "
+                      f"(generators.mask_max_draws={max_draws}); the set is topped up with {n - len(good)} invalid ones. "
+                      "Train the prior longer, or raise generators.mask_max_draws", stacklevel=2)
+    masks = np.concatenate([good, np.concatenate(rejected)[: n - len(good)]])
+    return FilteredMasks(masks, np.arange(n) < len(good), np.concatenate(drawn)[:n], n_drawn, n_accepted)
+
+
+def stage1_masks(params: StudyParams, model: torch.nn.Module, n: int, seed: int, reference: np.ndarray) -> FilteredMasks:
+    """``n`` masks from the prior ``model``, filtered as ``generators.mask_filter`` says against the real
+    ``reference`` maps (with ``all``, every draw, its validity flagged all the same)."""
+    g = params.generators
+    if g.mask_filter == "valid":
+        return filtered_masks(model, n, g.mask_prior.sample, seed, reference, g.mask_max_draws)
+    drawn = sample_masks(model, n, g.mask_prior.sample, seed)
+    valid = anatomy.check_masks(drawn, reference)["valid"]
+    return FilteredMasks(drawn, valid, drawn, len(drawn), int(valid.sum()))
+
+
+def sample_mask_prior(params: StudyParams, paths: RunPaths, train: SliceSet, replica: Replica = PRIMARY) -> np.ndarray:
+    """Generate the ``generators.n_synthetic`` stage-1 masks that condition the synthetic sets with the trained prior
+    (:func:`stage1_masks`, judged against the real ``train`` masks); save them to ``samples/mask_prior/masks.npz``
+    (the replica's folder) with their validity flags (``valid``) and the unfiltered draws (``drawn``)."""
+    g = params.generators
     model, ckpt = load_arm(params, paths, MASK_PRIOR, replica=replica)
     seed = seed_for(params.seed, "masks", *replica.seed_names)
     start = time.perf_counter()
-    masks = sample_masks(model, params.generators.n_synthetic, p.sample, seed)
-    save_samples(paths, replica.folder(MASK_PRIOR), "masks", record=sample_record("stage1", seed, p.sample, ckpt, start), masks=masks)
-    return masks
+    f = stage1_masks(params, model, g.n_synthetic, seed, train.masks)
+    record = sample_record("stage1", seed, g.mask_prior.sample, ckpt, start) | dict(
+        mask_filter=g.mask_filter, drawn=f.n_drawn, accepted=f.n_accepted, valid_share=round(float(f.valid.mean()), 4))
+    save_samples(paths, replica.folder(MASK_PRIOR), "masks", record=record, masks=f.masks, valid=f.valid, drawn=f.drawn)
+    return f.masks
 
 
-def mask_validity(real: np.ndarray, generated: np.ndarray) -> pd.DataFrame:
-    """Share of valid maps (LV enclosed by MYO, one LV, one MYO, at most one RV, RV present), real vs generated."""
-    rows = {}
-    for name, masks in (("real (train)", real), ("generated", generated)):
-        flags = anatomy.check_masks(masks)
-        flags["rv_present"] = (masks == RV).reshape(len(masks), -1).any(1)
-        flags["all_valid"] = np.logical_and.reduce([flags[k] for k in ("lv_enclosed", "single_lv", "single_myo", "rv_at_most_one")])
-        rows[name] = {k: float(v.mean()) for k, v in flags.items()}
-    return pd.DataFrame(rows).T
+def oracle_masks(params: StudyParams, train: SliceSet) -> np.ndarray:
+    """``generators.n_synthetic`` real training masks (a seeded draw, without replacement where there are enough):
+    the oracle control's conditioning, stage 2 judged without stage 1."""
+    n = params.generators.n_synthetic
+    rng = np.random.default_rng(seed_for(params.seed, "oracle masks"))
+    return train.masks[rng.choice(len(train), size=n, replace=n > len(train))]
+
+
+def mask_sources(params: StudyParams, paths: RunPaths, train: SliceSet) -> dict[str, np.ndarray]:
+    """The primary replica's other conditioning sets, by the name of their synthetic set ``synthetic_<name>``:
+    ``oracle`` (:func:`oracle_masks`) and, when the stage-1 masks were filtered, ``all`` (the unfiltered draws)."""
+    out = {"oracle": oracle_masks(params, train)}
+    if params.generators.mask_filter == "valid":
+        out["all"] = mask_sets(paths)["drawn"]
+    return out
+
+
+def mask_validity(sets: dict[str, np.ndarray], reference: np.ndarray) -> pd.DataFrame:
+    """Share of maps meeting each anatomical criterion (:data:`cmrlib.data.anatomy.CRITERIA`) and all of them
+    (``valid``), per set (name -> maps), the class areas judged against the ``reference`` maps' range; ``n`` maps."""
+    rows = {name: {k: float(v.mean()) for k, v in anatomy.check_masks(m, reference).items()} | {"n": len(m)}
+            for name, m in sets.items()}
+    return pd.DataFrame(rows).T.rename_axis("set")
+
+
+def mask_distances(sets: dict[str, np.ndarray], reference: np.ndarray) -> pd.DataFrame:
+    """KS statistic and 1-Wasserstein distance to the ``reference`` maps of each shape statistic
+    (:func:`cmrlib.data.anatomy.distribution_distances`), per set: one row per (set, statistic)."""
+    return pd.concat({name: anatomy.distribution_distances(reference, m) for name, m in sets.items()}, names=["set"]).reset_index()
+
+
+def mask_sets(paths: RunPaths, replica: Replica = PRIMARY) -> dict[str, np.ndarray]:
+    """The stage-1 sets of a replica: the masks that condition the synthetic sets (``conditioning``) and the
+    unfiltered draws (``drawn``)."""
+    sample = load_samples(paths, replica.folder(MASK_PRIOR), "masks")
+    return {"conditioning": sample["masks"], "drawn": sample.get("drawn", sample["masks"])}
 
 
 # -- stage 2: the image arms ------------------------------------------------------------------------------------------
@@ -316,18 +400,19 @@ def samples_table(paths: RunPaths, arm: str) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def sample_arm(params: StudyParams, paths: RunPaths, arm: str, slices: SliceSet, stage1_masks: np.ndarray,
-               replica: Replica = PRIMARY) -> pd.DataFrame:
+def sample_arm(params: StudyParams, paths: RunPaths, arm: str, slices: SliceSet, stage1: np.ndarray,
+               replica: Replica = PRIMARY, sources: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """The paired set (one image per real test mask) at every kept checkpoint, and the synthetic set (from the
-    stage-1 masks) with the final weights; returns the samples table. Another replica than the primary one: the final
-    paired and synthetic sets only (the compute axis reads the primary replica)."""
+    ``stage1`` masks) with the final weights; returns the samples table. Another replica than the primary one: the
+    final paired and synthetic sets only (the compute axis reads the primary replica). ``sources`` (name -> masks,
+    :func:`mask_sources`): one more set ``synthetic_<name>`` each, with the final weights."""
     p = registry.get(arm).params(params)
     name = replica.folder(arm)
     test_rows = np.flatnonzero(slices.meta["split"].to_numpy() == "test")
     test_masks = slices.masks[test_rows]
     kept = training.kept_checkpoints(paths.checkpoints / name)
     final = max(kept)
-    few = stage1_masks[: params.generators.n_synthetic_per_checkpoint]
+    few = stage1[: params.generators.n_synthetic_per_checkpoint]
     for step in sorted(kept) if replica.primary else [final]:  # ascending: the loop ends with the final weights
         model, ckpt = load_arm(params, paths, arm, step=step, replica=replica)
         seed = seed_for(params.seed, "paired", arm, *replica.seed_names)
@@ -344,11 +429,18 @@ def sample_arm(params: StudyParams, paths: RunPaths, arm: str, slices: SliceSet,
                          images=images, masks=few)
     seed = seed_for(params.seed, "synthetic", arm, *replica.seed_names)
     start = time.perf_counter()
-    images = generate(model, stage1_masks, p.sample, seed, desc=f"{name} synthetic set")
-    save_samples(paths, name, "synthetic", record=sample_record("synthetic", seed, p.sample, ckpt, start), images=images, masks=stage1_masks)
+    images = generate(model, stage1, p.sample, seed, desc=f"{name} synthetic set")
+    save_samples(paths, name, "synthetic", record=sample_record("synthetic", seed, p.sample, ckpt, start), images=images, masks=stage1)
+    for source, masks in (sources or {}).items():
+        seed = seed_for(params.seed, "synthetic", arm, source, *replica.seed_names)
+        start = time.perf_counter()
+        images = generate(model, masks, p.sample, seed, desc=f"{name} synthetic set from {source} masks")
+        save_samples(paths, name, f"synthetic_{source}", record=sample_record(f"synthetic ({source} masks)", seed, p.sample, ckpt, start),
+                     images=images, masks=masks)
     return samples_table(paths, name)
 
 
 __all__ = ["MASK_PRIOR", "PRIMARY", "Replica", "replicas", "seed_replicas", "same_patients", "training_slices", "made_by", "build_arm", "build_mask_prior", "train_arm", "train_mask_prior", "train_autoencoder",
-           "load_arm", "sampling_of", "autoencoder_report", "generate", "sample_masks", "sample_mask_prior", "mask_validity",
+           "load_arm", "sampling_of", "autoencoder_report", "generate", "sample_masks", "filtered_masks", "stage1_masks", "sample_mask_prior", "oracle_masks", "mask_sources", "mask_validity",
+           "mask_distances", "mask_sets", "FilteredMasks",
            "sample_arm", "sample_record", "save_samples", "load_samples", "samples_table", "synthetic_by_step"]

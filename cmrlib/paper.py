@@ -40,6 +40,10 @@ from .paths import RunPaths
 STAGE = "90_paper"
 MADE_BY = {"fidelity": "30_fidelity", "utility": "40_utility", "privacy": "50_privacy"}
 
+CONDITIONING_WORDS = {"concat": "concatenation", "spade": "SPADE normalisation", "controlnet": "a ControlNet"}
+MASK_SOURCE_WORDS = {"stage1": "stage-1", "all": "all", "oracle": "oracle"}
+CONDITIONING_ABLATION_RUN = "reference_conditioning"  # the run of params/reference_conditioning.yaml, beside this one
+
 # the trade-off's metrics: (axis, key, label, better), better = "higher", "lower" or "nearer 0.5"
 AXES = [
     ("fidelity", "mask_dice", "mask faithfulness (mean Dice)", "higher"),
@@ -186,9 +190,10 @@ def _macro(name: str) -> str:
 
 
 def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, claims: pd.DataFrame,
-            by_budget: pd.DataFrame | None = None) -> dict[str, str]:
+            by_budget: pd.DataFrame | None = None, ablation: pd.DataFrame | None = None) -> dict[str, str]:
     """Every number the manuscript quotes, formatted as it is printed (name -> text); ``claims``: the verdicts at the
-    whole budget, ``by_budget``: at every fraction of it (:func:`cmrlib.claims.verdicts`)."""
+    whole budget, ``by_budget``: at every fraction of it (:func:`cmrlib.claims.verdicts`); ``ablation``: the
+    conditioning ablation (:func:`conditioning_ablation`)."""
     d, g = params.data, params.generators
     out = {
         "image_size": str(d.image_size), "spacing_mm": fmt(d.spacing_mm, 1), "crop_mm": fmt(d.crop_mm, 0),
@@ -247,6 +252,18 @@ def numbers(params: StudyParams, results: dict[str, dict], table: pd.DataFrame, 
         out["real_mask_dice"] = fmt(real["dice_mean"]["estimate"])
     if "fid" in real:
         out["real_fid_seg"] = fmt(real["fid"]["estimate"])
+    stage1 = results["fidelity"].get("stage1_masks") or {}
+    if stage1:
+        out |= {"mask_filter": stage1["mask_filter"], "stage1_valid": f"{stage1['conditioning_valid']:.0%}",
+                "stage1_drawn_valid": f"{stage1['drawn_valid']:.0%}", "real_masks_valid": f"{stage1['real_valid']:.0%}",
+                "stage1_draws": str(stage1["drawn"]), "stage1_n": str(stage1["n"])}
+    for r in results["utility"].get("against_mask_source", []):
+        name = f"{r['arm']}_masks_{r['mask_source'].replace('-', '')}_delta"
+        out[name], out[f"{name}_low"], out[f"{name}_high"] = fmt(r["delta_vs_real"]), fmt(r["delta_low"]), fmt(r["delta_high"])
+    for arm in registry.names():
+        out[f"{arm}_conditioning"] = registry.get(arm).params(params).conditioning
+    if ablation is not None:
+        out["conditioning_ablation_runs"] = str(ablation.index.get_level_values(0).nunique() if "run" in ablation.index.names else 1)
     seg = results["fidelity"].get("segmenter", {})
     out["segmenter_stopping"] = (f"the checkpoint of best validation Dice used, {fmt(seg['val_dice'])} at step "
                                  f"{seg['chosen_step']}" if seg.get("val_dice") is not None else "its last weights used")
@@ -319,6 +336,25 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
         "The reference protocol (non-members from another vendor) and its domain-shift control are not applicable: "
         f"{n['reference_protocol_reason'] or 'the run has no cross-domain set'}.")
     deltas = ", ".join(f"{registry.label(a)} {_interval(n, f'{a}_utility_delta')}" for a in registry.names())
+    conditionings = {a: n.get(f"{a}_conditioning", "concat") for a in registry.names()}
+    conditioning_text = ("concatenated to the network input, for every arm" if set(conditionings.values()) == {"concat"} else
+                         "given to each arm's network by " + ", ".join(f"{registry.label(a)} {CONDITIONING_WORDS[c]}"
+                                                                       for a, c in conditionings.items()))
+    mask_text = (f" The stage-1 masks are filtered (generators.mask_filter: {n['mask_filter']}): "
+                 + (f"{n['stage1_draws']} draws, each reduced to its largest component per structure, gave the "
+                    f"{n['stage1_n']} anatomically valid masks that condition the synthetic sets ({n['stage1_valid']} valid "
+                    f"by every criterion: LV enclosed by a myocardial ring with one hole, one component per structure, the RV "
+                    f"against the septum, class areas within the real range; the prior's draws as drawn: "
+                    f"{n['stage1_drawn_valid']}; the real training masks: {n['real_masks_valid']})."
+                    if n.get("mask_filter") == "valid" else
+                    f"every draw conditions the synthetic sets, {n.get('stage1_valid', 'n/a')} of them anatomically valid "
+                    f"(the real training masks: {n.get('real_masks_valid', 'n/a')}).")
+                 if "mask_filter" in n else "")
+    sources = [(a, m) for a in registry.names() for m in ("stage1", "all", "oracle") if f"{a}_masks_{m}_delta" in n]
+    mask_source_text = (" Stage 2 alone: real + synthetic minus real only with the synthetic set generated from the "
+                        "stage-1 masks, the unfiltered draws (all) or real training masks (oracle): " + "; ".join(
+                            f"{registry.label(a)} {MASK_SOURCE_WORDS[m]} {_interval(n, f'{a}_masks_{m}_delta')}"
+                            for a, m in sources) + " (table mask_sources)." if sources else "")
     verdict_text = ("; ".join(f"*{r.claim}*: **{n[f'claim_{r.key}']}**" for r in claims.itertuples())
                     or "no paired comparisons: the axis notebooks wrote no units (metrics/units/)")
     seg_budgets = sorted({k.split("pct_")[0].removeprefix("segmenter_budget_") + "pct" for k in n
@@ -353,7 +389,7 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
               f"and {cross_split_text}."),
         ("p", f"**Generators.** Stage 1 draws a label map from a mask prior ({n['mask_prior_steps']} training steps, "
               f"{n['mask_prior_sampler_steps']} sampling steps); stage 2 generates an image conditioned on the one-hot map "
-              f"concatenated to the network input, for every arm. DDPM: {n['ddpm_prediction']}, {n['ddpm_train_steps']} steps of batch "
+              f"{conditioning_text}.{mask_text} DDPM: {n['ddpm_prediction']}, {n['ddpm_train_steps']} steps of batch "
               f"{n['ddpm_batch']}, {n['ddpm_sampler_steps']} sampling steps. LDM: a KL autoencoder ({n['ae_steps']} steps) frozen, "
               f"then diffusion in its latent space ({n['ldm_train_steps']} steps, {n['ldm_sampler_steps']} sampling steps). FM: "
               f"rectified flow ({n['fm_train_steps']} steps, {n['fm_sampler_steps']} sampling steps). Each arm generates "
@@ -391,7 +427,11 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
         ("fig", "paper_samples", "The paired set: real test masks, the image each arm generated from them, and the real image."),
         ("p", f"**Fidelity.** Mask faithfulness: {arms} (real images: {n.get('real_mask_dice', 'n/a')})."),
         ("p", f"**Utility.** With {n['n_real_smallest']} real patients plus synthetic data, in-domain Dice: {utility}; real "
-              f"only: {_interval(n, 'real_only_utility_dice')}; change against real only: {deltas}.{cross_utility}{seg_budget_text}"),
+              f"only: {_interval(n, 'real_only_utility_dice')}; change against real only: {deltas}.{cross_utility}{seg_budget_text}"
+              f"{mask_source_text}"),
+        ("table", "mask_sources", "Stage 2 alone beside the two-stage pipeline: each arm's synthetic set from the stage-1 "
+                                  "masks, the unfiltered draws and real training masks (oracle): the share of valid "
+                                  "conditioning masks, mask faithfulness, FID, and real + synthetic minus real only."),
         ("fig", "paper_utility", "Segmentation Dice against the number of real training patients, per regime and arm."),
         ("p", f"**Privacy.** The attack on the released synthetic set (an attacker with the synthetic images and a candidate "
               f"patient's real images; AUC per patient, members against held-out patients, {n['chance']}: chance): {released_auc}. "
@@ -405,6 +445,15 @@ def blocks(params: StudyParams, n: dict[str, str], claims: pd.DataFrame) -> list
         ("fig", "paper_privacy", "Membership inference: AUC against noise level per arm (ours)."),
         ("fig", "paper_trade_off", "The trade-off: each arm on fidelity, utility and privacy, with intervals."),
         ("table", "trade_off", "Each arm on the three axes (estimate, interval)."),
+        ("p", "**Conditioning.** " + (
+            "The same recipe with the reference study's per-arm conditioning (the LDM by SPADE normalisation, FM by a "
+            "ControlNet; params/reference_conditioning.yaml) beside ours: table conditioning_ablation."
+            if n.get("conditioning_ablation_runs", "1") != "1" else
+            "The reference study's per-arm conditioning (the LDM by SPADE normalisation, FM by a ControlNet) has not been "
+            "run beside this recipe: `python -m cmrlib.study run params/reference_conditioning.yaml` (in the same runs "
+            "folder) fills the table conditioning_ablation, which holds this run's rows alone until then.")),
+        ("table", "conditioning_ablation", "Each arm by conditioning: this run and, when run, the reference study's "
+                                           "per-arm conditioning (estimate, interval)."),
         ("p", f"**The reference study's claims.** {verdict_text}."),
         ("table", "claims", "The reference study's claims and each arm's balance claim, decided by paired differences "
                             "(the comparisons: tables/claims_comparisons)."),
@@ -490,6 +539,43 @@ def table_view(table: pd.DataFrame) -> pd.DataFrame:
     return wide.loc[arms, order].rename(index=lambda a: registry.label(a))
 
 
+def mask_sources(results: dict[str, dict]) -> pd.DataFrame:
+    """Per arm and mask source (stage-1, all, oracle): the fidelity of its synthetic set (the share of valid
+    conditioning masks, mask faithfulness, FID, KID) and its utility (real + synthetic minus real only at the fewest
+    real patients), ``estimate [low, high]``; a source the run did not measure on an axis is empty there."""
+    fid = pd.DataFrame(results["fidelity"].get("mask_sources", []))
+    util = pd.DataFrame(results["utility"].get("against_mask_source", []))
+    rows = {}
+    for r in fid.itertuples():
+        rows.setdefault((r.arm, r.mask_source), {})[r.metric] = format_interval(r.estimate, r.low, r.high)
+    for r in util.itertuples():
+        rows.setdefault((r.arm, r.mask_source), {})["utility_delta"] = format_interval(r.delta_vs_real, r.delta_low, r.delta_high)
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["arm", "masks"]).fillna("")
+    table = table[[c for c in ("valid_masks", "dice_mean", "fid", "kid", "utility_delta") if c in table]]
+    return table.rename(index=registry.label, level=0)
+
+
+def conditioning_ablation(paths: RunPaths, table: pd.DataFrame) -> pd.DataFrame:
+    """This run's trade-off (``table``, :func:`trade_off`) beside that of the run of
+    ``params/reference_conditioning.yaml`` (:data:`CONDITIONING_ABLATION_RUN`, in the same runs folder): one row per
+    (arm, conditioning) and one column per metric; this run's rows alone when the other has not been run."""
+    def view(t: pd.DataFrame, params: StudyParams) -> pd.DataFrame:
+        v = table_view(t)
+        words = {registry.label(a): registry.get(a).params(params).conditioning for a in registry.names()}
+        return v.set_index(pd.Index([words.get(a, "") for a in v.index], name="conditioning"), append=True)
+
+    from .params import load as load_params
+
+    own = view(table, load_params(paths.params))
+    other = RunPaths(paths.root.parent / CONDITIONING_ABLATION_RUN)
+    if other.root == paths.root or not all((other.metrics / f"{axis}.json").is_file() for axis in MADE_BY):
+        return own
+    theirs = view(trade_off(load_results(other)), load_params(other.params))
+    return pd.concat({paths.root.name: own, other.root.name: theirs}, names=["run"])
+
+
 RUN_FIGURES = ("data_examples",)  # figures of earlier notebooks that the paper shows as they are
 
 
@@ -517,4 +603,4 @@ def publish(params: StudyParams, folder: Path) -> Path | None:
 
 __all__ = ["STAGE", "AXES", "load_results", "trade_off", "budget_curves",
            "numbers", "save_numbers", "blocks", "render_markdown", "render_latex", "write_manuscript", "table_view",
-           "copy_run_figures", "publish"]
+           "copy_run_figures", "publish", "mask_sources", "conditioning_ablation"]

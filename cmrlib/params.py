@@ -359,6 +359,14 @@ class GeneratorsParams(_Section):
         default=1, ge=1, description="training seeds of every generator, the mask prior included: each seed a replica "
         "trained from its own initialisation and batches (seed 0 fills the tables; the claims aggregate over all, and "
         "utility seed i trains on generator seed i modulo this)")
+    mask_filter: Literal["valid", "all"] = Field(
+        default="valid", description="which stage-1 masks condition the synthetic sets: valid (each draw repaired to "
+        "its largest component per class, kept when it meets every anatomical criterion of cmrlib.data.anatomy, the "
+        "class areas within the real training range) or all (every draw, the ablation); the unfiltered draws are "
+        "kept beside the valid ones either way")
+    mask_max_draws: int = Field(
+        default=20, ge=1, description="with mask_filter: valid, at most this many stage-1 draws per mask needed; when "
+        "they run out the set is topped up with invalid masks (flagged, counted in the acceptance table) and a warning")
     mask_prior: MaskPriorParams = MaskPriorParams()
     ddpm: DDPMParams = DDPMParams()
     ldm: LDMParams = LDMParams()
@@ -435,6 +443,10 @@ class UtilityParams(_Section):
     regimes: list[Literal["real", "synthetic", "real+synthetic"]] = Field(
         default=["real", "synthetic", "real+synthetic"], min_length=1,
         description="real: the baseline; synthetic: an arm's synthetic set alone; real+synthetic: both")
+    mask_sources: list[Literal["all", "oracle"]] = Field(
+        default=["oracle"], description="other mask sources trained on as real + synthetic at the fewest real patients "
+        "(first seed, every training patient's generators), beside the stage-1 masks of generators.mask_filter: all "
+        "(the unfiltered stage-1 draws) and oracle (real training masks: stage 2 alone); []: none")
     synthetic_ratio: float | None = Field(
         default=None, gt=0, description="synthetic slices per real slice in real+synthetic (a seeded subset of the arm's "
         "synthetic set); null: the whole synthetic set")

@@ -101,6 +101,7 @@ class Run:
     step: int | None = None  # compute axis: the synthetic subset of the arm's checkpoint at this step (None: the final set)
     budget: float | None = None  # segmenter budget axis: this fraction of utility.segmenter.steps (None: all of it)
     generators: generation.Replica = generation.PRIMARY  # the generators whose synthetic set it trains on
+    masks: str | None = None  # mask-source axis: the synthetic set from these masks (``all``, ``oracle``; None: stage-1)
 
     @property
     def name(self) -> str:
@@ -113,7 +114,8 @@ class Run:
         starts from the same weights and draws the same batches as the whole run (the budget axis compares schedules,
         not seeds)."""
         return (f"{self.regime}_{self.arm}_n{self.n_real}_seed{self.seed}" + ("" if self.step is None else f"_step{self.step}")
-                + ("" if self.generators.primary else f"_generators{self.generators.suffix}"))
+                + ("" if self.generators.primary else f"_generators{self.generators.suffix}")
+                + ("" if self.masks is None else f"_masks-{self.masks}"))
 
     @property
     def generators_from(self) -> str:
@@ -170,7 +172,8 @@ def training_set(params: StudyParams, paths: RunPaths, slices: SliceSet, splits:
     images, masks = [slices.images[rows]], [slices.masks[rows]]
     n_syn = 0
     if run.regime != "real":
-        syn = (generation.load_samples(paths, run.generators.folder(run.arm), "synthetic") if run.step is None
+        name = "synthetic" if run.masks is None else f"synthetic_{run.masks}"
+        syn = (generation.load_samples(paths, run.generators.folder(run.arm), name) if run.step is None
                else generation.synthetic_by_step(params, paths, run.arm)[run.step])
         take = np.arange(len(syn["images"]))
         ratio = params.utility.synthetic_ratio
@@ -444,6 +447,38 @@ def against_segmenter_budget(params: StudyParams, paths: RunPaths, slices: Slice
     return pd.DataFrame(out)
 
 
+def against_mask_source(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, arms=None) -> pd.DataFrame:
+    """The mask-source axis: real + synthetic at the fewest real patients (first seed, the generators of every
+    training patient), the synthetic set generated from the stage-1 masks (``stage-1``, as ``generators.mask_filter``
+    says) and from each source of ``utility.mask_sources`` (``all``: the unfiltered stage-1 draws; ``oracle``: real
+    training masks, stage 2 alone), beside real-only on the same patients. In-domain test mean foreground Dice per
+    patient and its difference from real-only, each with its bootstrap interval; one row per (arm, source). Empty
+    without sources, or without both regimes in ``utility.regimes``; ``all`` is skipped when the stage-1 masks were
+    not filtered (they are the unfiltered draws)."""
+    arms = registry.names() if arms is None else arms
+    u = params.utility
+    sources = [m for m in u.mask_sources if not (m == "all" and params.generators.mask_filter == "all")]
+    if not sources or not {"real", "real+synthetic"} <= set(u.regimes):
+        return pd.DataFrame()
+    n, seed = n_real_grid(params, splits)[0], u.seeds[0]
+    base_run = Run("real", NO_ARM, n, seed)
+    runs = [base_run] + [Run("real+synthetic", arm, n, seed, masks=m) for arm in arms for m in [None, *sources]]
+    done = _train_and_score_all(params, paths, slices, splits, runs, _split_rows(slices, ["test"]), "utility against mask source")
+    dice = {run: per_patient(d["volumes"][0]).set_index("patient")["dice_mean"] for run, d in zip(runs, done)}
+    boot = lambda values, what: bootstrap_mean(values, None, n_boot=u.bootstrap, level=u.confidence,
+                                               seed=seed_for(params.seed, "bootstrap", "utility", "mask source", what))[0]
+    out = []
+    for run, d in zip(runs[1:], done[1:]):
+        iv = boot(dice[run].to_numpy(), run.name)
+        diff = boot((dice[run] - dice[base_run].reindex(dice[run].index)).to_numpy(), f"delta {run.name}")
+        out.append({"arm": run.arm, "mask_source": run.masks or "stage-1", "n_real_patients": n, "seed": seed,
+                    "n_synthetic_images": d["model"]["n_synthetic_images"], "dice_mean": iv.estimate,
+                    "dice_mean_low": iv.low, "dice_mean_high": iv.high, "delta_vs_real": diff.estimate,
+                    "delta_low": diff.low, "delta_high": diff.high, "n_patients": len(dice[run]),
+                    "chosen_step": d["model"]["chosen_step"], "train_wall_time_s": d["model"]["train_wall_time_s"]})
+    return pd.DataFrame(out)
+
+
 def _groups(table: pd.DataFrame):
     return table.groupby(["regime", "arm", "n_real_patients", "eval_set"], sort=False)
 
@@ -562,13 +597,13 @@ def examples(results: Results, slices: SliceSet) -> list[dict]:
 
 
 def save(params: StudyParams, paths: RunPaths, results: Results, table: pd.DataFrame, budgets: pd.DataFrame | None = None,
-         segmenter_budgets: pd.DataFrame | None = None) -> Path:
+         segmenter_budgets: pd.DataFrame | None = None, mask_sources: pd.DataFrame | None = None) -> Path:
     """Write ``metrics/utility.json`` (``summary``: one record per regime, arm, n real patients and evaluation set with
     the keys of :data:`SUMMARY_KEYS` and more; ``models``: every run with its train wall time and chosen step;
     ``per_patient``; the compute axis and the segmenter's budget axis) and the tables ``utility_summary``,
     ``utility_dice``, ``utility_dice_reference_protocol``, ``utility_hd95``, ``utility_delta``, ``utility_models``,
-    ``utility_per_patient``, ``utility_against_training_step`` and ``utility_against_segmenter_budget`` (CSV,
-    Markdown, LaTeX)."""
+    ``utility_per_patient``, ``utility_against_training_step``, ``utility_against_segmenter_budget`` and
+    ``utility_against_mask_source`` (CSV, Markdown, LaTeX)."""
     report.save_table(table.assign(seeds=table["seeds"].map(_join), chosen_steps=table["chosen_steps"].map(_join)),
                       paths.tables, "utility_summary", index=False)
     report.save_table(dice_table(table), paths.tables, "utility_dice")
@@ -585,6 +620,9 @@ def save(params: StudyParams, paths: RunPaths, results: Results, table: pd.DataF
     segmenter_budgets = pd.DataFrame() if segmenter_budgets is None else segmenter_budgets
     if len(segmenter_budgets):
         report.save_table(segmenter_budgets, paths.tables, "utility_against_segmenter_budget", index=False)
+    mask_sources = pd.DataFrame() if mask_sources is None else mask_sources
+    if len(mask_sources):
+        report.save_table(mask_sources, paths.tables, "utility_against_mask_source", index=False)
     u = params.utility
     record = {
         "summary": table.to_dict(orient="records"),
@@ -615,6 +653,7 @@ def save(params: StudyParams, paths: RunPaths, results: Results, table: pd.DataF
         "per_patient": results.patients.to_dict(orient="records"),
         "against_training_step": budgets.to_dict(orient="records"),
         "against_segmenter_budget": segmenter_budgets.to_dict(orient="records"),
+        "against_mask_source": mask_sources.to_dict(orient="records"),
     }
     return write_json(paths.metrics / "utility.json", record)
 
@@ -622,4 +661,4 @@ def save(params: StudyParams, paths: RunPaths, results: Results, table: pd.DataF
 __all__ = ["STAGE", "REGIMES", "STRUCTURES", "SUMMARY_KEYS", "Run", "TrainingSet", "Results", "n_real_grid", "plan",
            "real_patients", "training_set", "build_segmenter", "train_config", "train_run", "pixel_spacing_mm", "eval_sets",
            "score_slices", "score_volumes", "per_patient", "run_all", "against_training_step",
-           "against_segmenter_budget", "summary", "dice_table", "delta_table", "examples", "save"]
+           "against_segmenter_budget", "against_mask_source", "summary", "dice_table", "delta_table", "examples", "save"]

@@ -192,8 +192,14 @@ def test_evaluation_of_an_oracle_generator_and_json(tiny_run):
     assert list(summary.columns) == ["ddpm", "fm", "real", "mean image"] and "fid" in summary.index
     checkpoints = fidelity.quality_against_training_step(p, paths, ref, segmenter, arms=("ddpm",))
     assert checkpoints.empty  # no paired_step files in this run
-    path = fidelity.save(p, paths, ref, table, checkpoints, checkpoints, result)
+    sources = fidelity.mask_sources(p, paths, ref, segmenter, arms=("ddpm", "fm"))
+    assert set(sources.mask_source) == {"stage-1"}  # no oracle or unfiltered sets in this run
+    d = sources[sources.metric == "dice_mean"].set_index("arm")["estimate"]
+    assert d["ddpm"] > d["fm"] and 0 <= sources[sources.metric == "valid_masks"]["estimate"].min() <= 1
+    path = fidelity.save(p, paths, ref, table, checkpoints, checkpoints, result, sources)
     record = json.loads(path.read_text())
+    assert record["stage1_masks"] == {} and len(record["mask_sources"]) == len(sources)
+    assert (paths.tables / "fidelity_mask_sources.csv").exists()
     assert record["feature_space"]["name"] == "seg" and record["counts"]["ddpm_paired"] == len(ref.images)
     assert (paths.tables / "fidelity_summary.csv").exists()
 

@@ -64,7 +64,7 @@ def manuscript(tmp_path, results, params):
     numbers = paper.numbers(params, results, table, verdicts, by_budget)
     folder = tmp_path / "paper"
     (folder / "tables").mkdir(parents=True)
-    for name in ("trade_off", "claims"):
+    for name in ("trade_off", "claims", "mask_sources", "conditioning_ablation"):
         (folder / "tables" / f"{name}.md").write_text("| x |\n|---|\n| 1 |\n")
     paper.save_numbers(numbers, folder)
     paper.write_manuscript(paper.blocks(params, numbers, verdicts), folder)
