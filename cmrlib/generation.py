@@ -40,7 +40,7 @@ from .data.splits import first_patients, real_patient_counts
 from .labels import NUM_CLASSES, RV
 from .params import StudyParams, TrainParams
 from .paths import RunPaths, atomic_path
-from .seeds import seed_for
+from .seeds import initial_weights, seed_for
 
 MASK_PRIOR = "mask_prior"
 MASK_PRIOR_STAGE = "10_mask_prior"
@@ -147,9 +147,10 @@ def build_mask_prior(params: StudyParams) -> models.DiffusionModel | models.Flow
 def train_mask_prior(params: StudyParams, paths: RunPaths, train: SliceSet, replica: Replica = PRIMARY
                      ) -> tuple[torch.nn.Module, training.TrainResult]:
     """One-hot masks scaled to [-1, 1] (as the reference study), unconditional."""
-    model = build_mask_prior(params)
-    x = masks_tensor(train.masks) * 2 - 1
     cfg = train_config(params.generators.mask_prior.train, params.seed, "mask_prior", *replica.seed_names)
+    with initial_weights(cfg.seed):
+        model = build_mask_prior(params)
+    x = masks_tensor(train.masks) * 2 - 1
     return model, training.train(model, x, None, cfg, paths.checkpoints / replica.folder(MASK_PRIOR),
                                  desc=replica.folder("mask prior"))
 
@@ -178,10 +179,11 @@ class FilteredMasks:
     n_accepted: int  # of them, valid after repair
 
 
-def filtered_masks(model: torch.nn.Module, n: int, sampling, seed: int, reference: np.ndarray, max_draws: int) -> FilteredMasks:
+def filtered_masks(model: torch.nn.Module, n: int, sampling, seed: int, ranges: dict[int, tuple[int, int]],
+                   max_draws: int) -> FilteredMasks:
     """Draw until ``n`` masks are valid after repair (:func:`cmrlib.data.anatomy.repair`, every criterion of
-    :func:`cmrlib.data.anatomy.check_masks` against the real ``reference`` maps) or ``max_draws`` x ``n`` draws are
-    spent; then the set is topped up with the first invalid (repaired) draws, with a warning."""
+    :func:`cmrlib.data.anatomy.check_masks`, class areas within the real ``ranges``) or ``max_draws`` x ``n`` draws
+    are spent; then the set is topped up with the first invalid (repaired) draws, with a warning."""
     batches = _mask_batches(model, sampling, seed)
     drawn, accepted, rejected = [], [], []
     n_accepted = 0
@@ -189,7 +191,7 @@ def filtered_masks(model: torch.nn.Module, n: int, sampling, seed: int, referenc
         while n_accepted < n and sum(map(len, drawn)) < max_draws * n:
             batch = next(batches)
             repaired = anatomy.repair(batch)
-            ok = anatomy.check_masks(repaired, reference)["valid"]
+            ok = anatomy.check_masks(repaired, ranges=ranges)["valid"]
             drawn.append(batch)
             accepted.append(repaired[ok])
             rejected.append(repaired[~ok])
@@ -206,15 +208,21 @@ def filtered_masks(model: torch.nn.Module, n: int, sampling, seed: int, referenc
     return FilteredMasks(masks, np.arange(n) < len(good), np.concatenate(drawn)[:n], n_drawn, n_accepted)
 
 
-def stage1_masks(params: StudyParams, model: torch.nn.Module, n: int, seed: int, reference: np.ndarray) -> FilteredMasks:
-    """``n`` masks from the prior ``model``, filtered as ``generators.mask_filter`` says against the real
-    ``reference`` maps (with ``all``, every draw, its validity flagged all the same)."""
-    g = params.generators
-    if g.mask_filter == "valid":
-        return filtered_masks(model, n, g.mask_prior.sample, seed, reference, g.mask_max_draws)
-    drawn = sample_masks(model, n, g.mask_prior.sample, seed)
-    valid = anatomy.check_masks(drawn, reference)["valid"]
+def stage1_masks(model: torch.nn.Module, n: int, seed: int, ranges: dict[int, tuple[int, int]], *, sampling,
+                 mask_filter: str, max_draws: int) -> FilteredMasks:
+    """``n`` masks from the prior ``model``, filtered as ``mask_filter`` (``generators.mask_filter``) says, class
+    areas judged against the real ``ranges`` (with ``all``: every draw, its validity flagged all the same)."""
+    if mask_filter == "valid":
+        return filtered_masks(model, n, sampling, seed, ranges, max_draws)
+    drawn = sample_masks(model, n, sampling, seed)
+    valid = anatomy.check_masks(drawn, ranges=ranges)["valid"]
     return FilteredMasks(drawn, valid, drawn, len(drawn), int(valid.sum()))
+
+
+def stage1_settings(params: StudyParams) -> dict:
+    """The keyword arguments of :func:`stage1_masks` that the params give (sampler, filter, draws)."""
+    g = params.generators
+    return {"sampling": g.mask_prior.sample, "mask_filter": g.mask_filter, "max_draws": g.mask_max_draws}
 
 
 def sample_mask_prior(params: StudyParams, paths: RunPaths, train: SliceSet, replica: Replica = PRIMARY) -> np.ndarray:
@@ -225,7 +233,7 @@ def sample_mask_prior(params: StudyParams, paths: RunPaths, train: SliceSet, rep
     model, ckpt = load_arm(params, paths, MASK_PRIOR, replica=replica)
     seed = seed_for(params.seed, "masks", *replica.seed_names)
     start = time.perf_counter()
-    f = stage1_masks(params, model, g.n_synthetic, seed, train.masks)
+    f = stage1_masks(model, g.n_synthetic, seed, anatomy.area_ranges(train.masks), **stage1_settings(params))
     record = sample_record("stage1", seed, g.mask_prior.sample, ckpt, start) | dict(
         mask_filter=g.mask_filter, drawn=f.n_drawn, accepted=f.n_accepted, valid_share=round(float(f.valid.mean()), 4))
     save_samples(paths, replica.folder(MASK_PRIOR), "masks", record=record, masks=f.masks, valid=f.valid, drawn=f.drawn)
@@ -282,8 +290,9 @@ def train_autoencoder(params: StudyParams, paths: RunPaths, arm: str, train: Sli
     EMA weights into ``model.autoencoder`` (frozen) and scale the latents."""
     spec = registry.get(arm)
     folder = replica.folder(spec.autoencoder_dir)
-    ae = models.Autoencoder(**{k: v for k, v in model.autoencoder.config.items() if k != "family"})
     cfg = train_config(spec.params(params).autoencoder.train, params.seed, spec.autoencoder_dir, *replica.seed_names)
+    with initial_weights(cfg.seed):
+        ae = models.Autoencoder(**{k: v for k, v in model.autoencoder.config.items() if k != "family"})
     result = training.train(ae, images_tensor(train), None, cfg, paths.checkpoints / folder, desc=f"{spec.label} autoencoder")
     training.load_checkpoint(result.last, model.autoencoder, weights="ema")
     model.autoencoder.requires_grad_(False)
@@ -310,10 +319,11 @@ def train_arm(params: StudyParams, paths: RunPaths, arm: str, train: SliceSet, r
     """Train (or resume) an arm on the training patients, its autoencoder first where it has one (on
     ``autoencoder_train`` when given, else on the same patients)."""
     spec = registry.get(arm)
-    model = build_arm(params, arm)
+    cfg = train_config(spec.params(params).train, params.seed, arm, *replica.seed_names)
+    with initial_weights(cfg.seed):
+        model = build_arm(params, arm)
     if spec.autoencoder:
         train_autoencoder(params, paths, arm, train if autoencoder_train is None else autoencoder_train, model, replica)
-    cfg = train_config(spec.params(params).train, params.seed, arm, *replica.seed_names)
     result = training.train(model, images_tensor(train), masks_tensor(train.masks), cfg, paths.checkpoints / replica.folder(arm),
                             desc=replica.folder(spec.label))
     return model, result
@@ -441,6 +451,6 @@ def sample_arm(params: StudyParams, paths: RunPaths, arm: str, slices: SliceSet,
 
 
 __all__ = ["MASK_PRIOR", "PRIMARY", "Replica", "replicas", "seed_replicas", "same_patients", "training_slices", "made_by", "build_arm", "build_mask_prior", "train_arm", "train_mask_prior", "train_autoencoder",
-           "load_arm", "sampling_of", "autoencoder_report", "generate", "sample_masks", "filtered_masks", "stage1_masks", "sample_mask_prior", "oracle_masks", "mask_sources", "mask_validity",
+           "load_arm", "sampling_of", "autoencoder_report", "generate", "sample_masks", "filtered_masks", "stage1_masks", "stage1_settings", "sample_mask_prior", "oracle_masks", "mask_sources", "mask_validity",
            "mask_distances", "mask_sets", "FilteredMasks",
            "sample_arm", "sample_record", "save_samples", "load_samples", "samples_table", "synthetic_by_step"]

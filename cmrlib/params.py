@@ -538,6 +538,17 @@ class PaperParams(_Section):
         default=None, description="also copy the run's paper/ here (relative paths: to the repository); the default run publishes to paper/")
 
 
+class ExecutorParams(_Section):
+    """Where the independent jobs of a stage run (the utility axis's segmenter trainings; :mod:`cmrlib.parallel`)."""
+
+    engine: Literal["local", "dask"] = Field(
+        default="local", description="local: this machine, utility.workers processes (1: in this process); dask: tasks "
+        "of a Dask distributed cluster (pip install \"cmrlib[cluster]\"), the run folder on a file system every worker sees")
+    address: str | None = Field(
+        default=None, description="dask: the scheduler's address (tcp://host:8786, for example of a dask-jobqueue "
+        "SLURMCluster); null: a local cluster of utility.workers processes (the local engine's numbers)")
+
+
 class StudyParams(_Section):
     run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="names the run folder runs/<run_name>/: "
                           "letters, digits, '_', '.' and '-', starting with a letter or digit (so never '.' or '..')")
@@ -549,6 +560,7 @@ class StudyParams(_Section):
     privacy: PrivacyParams = PrivacyParams()
     export: ExportParams = ExportParams()
     paper: PaperParams = PaperParams()
+    executor: ExecutorParams = ExecutorParams()
 
     def digest(self) -> str:
         """A short hash of every value: two runs with the same digest were made with the same params."""

@@ -7,6 +7,7 @@ at the documented place and never relies on another notebook's variables.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a hidden folder beside ``path`` to fill; on success it becomes ``path`` (new or empty) in one rename, so
+    a failure or a kill leaves no half-written folder and nothing that was there is overwritten."""
+    path = Path(path)
+    require_empty_folder(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
+    try:
+        partial.chmod(0o777 & ~current_umask())
+        yield partial
+        os.replace(partial, path)  # POSIX renames a folder onto an empty one
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial)
+
+
+def require_empty_folder(path: str | Path) -> None:
+    """Refuse a file or a non-empty folder at ``path`` (a new or empty folder is written into)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file: give a folder to write into (new or empty)")
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} is not empty: write into a new folder")
 
 
 def current_umask() -> int:
@@ -126,6 +153,11 @@ class RunPaths:
     @property
     def samples(self) -> Path:
         return self._dir("samples")
+
+    @property
+    def models(self) -> Path:
+        """Each trained arm as a standalone model folder (:mod:`cmrlib.standalone`), loadable without the run."""
+        return self._dir("models")
 
     @property
     def paper(self) -> Path:

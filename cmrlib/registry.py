@@ -76,7 +76,7 @@ class Arm:
     def outputs(self) -> list[str]:
         """What the arm's stage leaves in the run folder (checked before the runner skips it)."""
         return [f"checkpoints/{self.name}/last.pt", f"samples/{self.name}/paired.npz", f"samples/{self.name}/synthetic.npz",
-                f"samples/{self.name}/synthetic_oracle.npz"]
+                f"samples/{self.name}/synthetic_oracle.npz", f"models/{self.name}/cmrlib_model.json"]
 
     def reference_sampling(self, params: StudyParams) -> Any:
         """The arm's ``sample`` settings with its 1000-step reference sampler."""

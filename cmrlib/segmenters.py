@@ -27,7 +27,7 @@ from .models import SegmentationModel, device, one_hot
 from .metrics import dice_per_structure, volume_dice, volume_rows
 from .params import SegmenterParams, StudyParams
 from .paths import RunPaths
-from .seeds import seed_for
+from .seeds import initial_weights, seed_for
 
 REFERENCE_DIR = "reference_segmenter"
 EMA_MAX_DECAY = 0.999
@@ -94,7 +94,9 @@ def reference_segmenter(params: StudyParams, paths: RunPaths, slices: SliceSet) 
     train_set, val = slices.split("train"), validation_set(slices)
     p = params.fidelity.segmenter
     config = train_config(p, seed_for(params.seed, "train", REFERENCE_DIR), validates=val is not None)
-    return train(build(p), train_set.images, train_set.masks, config, paths.checkpoints / REFERENCE_DIR,
+    with initial_weights(config.seed):
+        model = build(p)
+    return train(model, train_set.images, train_set.masks, config, paths.checkpoints / REFERENCE_DIR,
                  desc="reference segmenter", val=val)
 
 

@@ -8,9 +8,11 @@ stages ``20_generator[ddpm]``, ... (``--only 20_generator`` selects them all). E
 ``runs/<run>/notebooks/`` (``20_generator_<arm>.ipynb`` for an arm's stage). ``runs/<run>/run.json`` records versions, the git
 commit, the params digest and, per stage, its status, wall time and the kernel's peak memory. A stage is skipped
 when its fingerprint (params, notebook, cmrlib version and source, and the previous stage's fingerprint) is the
-one recorded and its outputs exist and load (a truncated checkpoint is not "done"), unless ``--force``. The runner
+one recorded and its outputs exist and load (a truncated checkpoint is not "done"), unless ``--force``. While a
+notebook runs, its own output (each training's and sampler's progress bar) streams to the terminal. The runner
 stops at the first failing notebook and names it, the failing cell and the error; Ctrl-C stops the stage, records it
-as interrupted, and says that a rerun resumes.
+as interrupted, and says that a rerun resumes. A run with ``paper.publish_dir`` (the default) publishes its executed
+notebooks beside its paper once every stage is done (``paper/notebooks/``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hashlib
 import importlib.metadata
 import json
 import multiprocessing
+import os
 import platform
 import resource
 import subprocess
@@ -42,6 +45,8 @@ PARAMETERS = ("params_path", "run_dir")
 OPTIONAL_PARAMETERS = ("force",)
 # a notebook whose parameters cell declares it runs once per registered arm, as stage <notebook>[<arm>]
 ARM_PARAMETER = "arm"
+PUBLISHED_NOTEBOOKS_MB = 20  # the size budget of the executed notebooks copied into the repository
+PROGRESS_INTERVAL_S = 5  # the notebooks' progress bars: at most one update this often (terminal and executed copy)
 
 # Outputs a stage must leave (relative to the run folder) besides its executed notebook; checked before skipping.
 # An arm's stage leaves what its registry entry lists (cmrlib.registry.Arm.outputs).
@@ -195,8 +200,12 @@ def _execute(notebook: str, output: str, parameters: dict, cwd: str, kernel: str
     # Ctrl-C is the runner's to handle (it stops this worker, whose kernel then exits with it): no traceback here
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+    # live progress: the notebook's own output (its training and sampling bars, a line at most every
+    # TQDM_MININTERVAL seconds, which the kernel inherits) goes to the terminal as it comes, in place of the cell bar
+    os.environ.setdefault("TQDM_MININTERVAL", str(PROGRESS_INTERVAL_S))
     try:
-        papermill.execute_notebook(notebook, output, parameters=parameters, kernel_name=kernel, cwd=cwd, progress_bar=True)
+        papermill.execute_notebook(notebook, output, parameters=parameters, kernel_name=kernel, cwd=cwd, progress_bar=False,
+                                   stdout_file=sys.stdout, stderr_file=sys.stderr)
         result: dict = {"ok": True}
     except PapermillExecutionError as exc:
         result = {"ok": False, "cell": exc.exec_count, "source": exc.source, "error": f"{exc.ename}: {exc.evalue}"}
@@ -330,7 +339,33 @@ def run(
             preflight.check(params, _run_counts(paths), done=f"{DATA_STAGE} ran; its outputs are kept", stages=checked)
     total = sum(s.get("wall_s", 0.0) for s in record["stages"].values())
     echo(f"study {params.run_name}: finished; stage wall time in total {total:.1f} s; record in {paths.run_json}")
+    if all(record["stages"].get(s.name, {}).get("status") == "done" for s in stages):
+        published = publish_notebooks(params, paths)
+        if published:
+            echo(f"study {params.run_name}: executed notebooks published to {published}")
     return record
+
+
+def publish_notebooks(params: params_mod.StudyParams, paths: RunPaths) -> Path | None:
+    """With ``paper.publish_dir`` set (the default run), copy the run's executed notebooks, with their outputs, to
+    ``<publish_dir>/notebooks/`` so that a reader of the repository sees them without running anything (the
+    repository's own path in them made relative); a set above :data:`PUBLISHED_NOTEBOOKS_MB` is not copied."""
+    if params.paper.publish_dir is None:
+        return None
+    files = sorted(paths.notebooks.glob("*.ipynb"))
+    size_mb = sum(f.stat().st_size for f in files) / 2**20
+    if size_mb > PUBLISHED_NOTEBOOKS_MB:
+        print(f"warning: the executed notebooks ({size_mb:.1f} MB) exceed {PUBLISHED_NOTEBOOKS_MB} MB and are not "
+              f"published; they stay in {paths.notebooks}", file=sys.stderr)
+        return None
+    target = params_mod.resolve_path(params.paper.publish_dir) / "notebooks"
+    target.mkdir(parents=True, exist_ok=True)
+    for stale in set(target.glob("*.ipynb")) - {target / f.name for f in files}:
+        stale.unlink()
+    root = f"{project_root()}/"
+    for f in files:
+        (target / f.name).write_text(f.read_text().replace(root, ""))
+    return target
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -72,7 +72,7 @@ from .parallel import map_jobs
 from .params import StudyParams
 from .paths import RunPaths
 from .data.splits import first_patients as real_patients, real_patient_counts as n_real_grid
-from .seeds import seed_for
+from .seeds import initial_weights, seed_for
 from .segmenters import segment
 from .stats import Interval, bootstrap_draws, bootstrap_mean, compare, format_interval, holm, mean_and_spread, percentile_bounds, seeded_mean
 
@@ -211,8 +211,7 @@ def train_run(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: di
     data = training_set(params, paths, slices, splits, run)
     val = segmenters.validation_set(slices)
     cfg = train_config(params, run, validates=val is not None)
-    with torch.random.fork_rng(devices=[]):  # initial weights from the run's seed, not from what ran before
-        torch.manual_seed(cfg.seed)
+    with initial_weights(cfg.seed):
         model = build_segmenter(params)
     if cfg.batch_size > len(data.images):
         raise ValueError(f"utility.segmenter.batch_size={cfg.batch_size} exceeds the {len(data.images)} training slices "
@@ -349,8 +348,9 @@ def _split_rows(slices: SliceSet, names: list[str]) -> dict[str, np.ndarray]:
 def _train_and_score_all(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, runs: list[Run],
                          sets: dict[str, np.ndarray], desc: str) -> list[dict]:
     """:func:`_train_and_score` for every run, ``utility.workers`` at once (:func:`cmrlib.parallel.map_jobs`)."""
-    workers = params.utility.workers
-    return map_jobs(_train_and_score, runs, workers, (params, paths, slices, splits, sets, workers == 1), desc)
+    workers, e = params.utility.workers, params.executor
+    return map_jobs(_train_and_score, runs, workers, (params, paths, slices, splits, sets, workers == 1 and e.engine == "local"),
+                    desc, engine=e.engine, address=e.address)
 
 
 def run_all(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, arms=None) -> Results:

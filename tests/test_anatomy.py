@@ -105,12 +105,12 @@ class CoinPrior(torch.nn.Module):
 def test_the_filter_keeps_valid_masks_reports_its_draws_and_tops_up_with_a_warning():
     sampling = params.FlowSampling(steps=1, batch_size=8)
     ref = np.stack([heart()])
-    f = generation.filtered_masks(CoinPrior(0.3), 10, sampling, seed=0, reference=ref, max_draws=20)
+    f = generation.filtered_masks(CoinPrior(0.3), 10, sampling, seed=0, ranges=anatomy.area_ranges(ref), max_draws=20)
     assert f.valid.all() and len(f.masks) == 10 and anatomy.check_masks(f.masks, ref)["valid"].all()
     assert f.n_drawn % 8 == 0 and f.n_accepted >= 10 and f.n_drawn >= 10 / 0.3 * 0.5
     assert not anatomy.check_masks(f.drawn, ref)["valid"].all()  # the unfiltered draws are kept as drawn
-    again = generation.filtered_masks(CoinPrior(0.3), 10, sampling, seed=0, reference=ref, max_draws=20)
+    again = generation.filtered_masks(CoinPrior(0.3), 10, sampling, seed=0, ranges=anatomy.area_ranges(ref), max_draws=20)
     np.testing.assert_array_equal(f.masks, again.masks)
     with pytest.warns(UserWarning, match="topped up with 10 invalid"):
-        never = generation.filtered_masks(CoinPrior(0.0), 10, sampling, seed=0, reference=ref, max_draws=2)
+        never = generation.filtered_masks(CoinPrior(0.0), 10, sampling, seed=0, ranges=anatomy.area_ranges(ref), max_draws=2)
     assert never.n_drawn == 24 and not never.valid.any() and len(never.masks) == 10

@@ -229,8 +229,8 @@ def test_output_problem_sees_truncated_checkpoints_and_arrays(tmp_path):
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     paths = fake_run(tmp_path)
-    (paths.checkpoints / "mask_prior").mkdir(parents=True)
-    (paths.checkpoints / "mask_prior" / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    (paths.checkpoints / "ddpm").mkdir(parents=True)
+    (paths.checkpoints / "ddpm" / "last.pt").write_bytes(b"PK\x03\x04 truncated")
     assert cli.main(["generate", str(paths.root), "--arm", "ddpm", "--n", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "last.pt is corrupt or truncated" in err and "Traceback" not in err

@@ -447,6 +447,14 @@ def test_export_missing_inputs(tmp_path, arm, remove, error, message):
     pytest.param(["generate", "run", "--arm", "gan", "--n", "1"], r"argument --arm: invalid choice: 'gan'", id="arm"),
     pytest.param(["export", "run", "--arm", "ddpm", "--format", "dicom", "--out", "o"], r"argument --format: invalid choice: 'dicom'",
                  id="format"),
+    pytest.param(["generate", "run", "--model", "m", "--n", "1", "--out", "o"], r"error: give a RUN \(with --arm\) or --model DIR",
+                 id="run_and_model"),
+    pytest.param(["generate", "run", "--n", "1"], r"error: --arm is required with a RUN", id="run_without_arm"),
+    pytest.param(["generate", "run", "--arm", "fm", "--masks", "m"], r"error: --out DIR is required with --model or --masks",
+                 id="masks_without_out"),
+    pytest.param(["generate", "run", "--arm", "fm", "--n", "1", "--masks", "m"], r"argument --masks: not allowed with argument --n",
+                 id="n_and_masks"),
+    pytest.param(["generate", "--model", "m", "--out", "o"], r"one of the arguments --n --masks is required", id="no_masks"),
 ])
 def test_cli_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:

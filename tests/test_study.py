@@ -60,6 +60,35 @@ def test_failure_report_names_stage_cell_and_error(tmp_path):
     assert (tmp_path / "runs/smoke/notebooks/10_broken.ipynb").exists()  # the executed copy with the traceback
 
 
+def test_a_notebooks_progress_streams_to_the_terminal_while_it_runs(tmp_path, capfd):
+    folder = tmp_path / "nbs"
+    make_notebook(folder, "00_bar", "import sys, os\nfrom tqdm import tqdm\nprint('stage output')\n"
+                                    "print('interval', os.environ['TQDM_MININTERVAL'])\nfor _ in tqdm(range(3), desc='training'): pass")
+    study.run(REPO / "params/smoke.yaml", runs_dir=tmp_path / "runs", stages=study.discover_stages(folder), echo=lambda *_: None)
+    out, err = capfd.readouterr()
+    assert "stage output" in out and f"interval {study.PROGRESS_INTERVAL_S}" in out
+    assert "training: 100%" in err and "3/3" in err
+
+
+def test_a_publishing_run_copies_its_executed_notebooks_with_repository_paths_relative(tmp_path):
+    folder = tmp_path / "nbs"
+    make_notebook(folder, "00_one", "from cmrlib.paths import project_root\nprint(project_root() / 'paper')")
+    make_notebook(folder, "10_two", "print('second')")
+    publish = tmp_path / "pub"
+    (publish / "notebooks").mkdir(parents=True)
+    (publish / "notebooks" / "05_gone.ipynb").write_text("{}")  # a stage the run no longer has
+    stages = study.discover_stages(folder)
+    study.run(REPO / "params/smoke.yaml", [f"paper.publish_dir={publish}"], runs_dir=tmp_path / "runs", stages=stages,
+              only=["00_one"], echo=lambda *_: None)
+    assert not (publish / "notebooks" / "00_one.ipynb").exists()  # not every stage done yet
+    study.run(REPO / "params/smoke.yaml", [f"paper.publish_dir={publish}"], runs_dir=tmp_path / "runs", stages=stages, echo=lambda *_: None)
+    assert sorted(p.name for p in (publish / "notebooks").iterdir()) == ["00_one.ipynb", "10_two.ipynb"]
+    text = (publish / "notebooks" / "00_one.ipynb").read_text()
+    nb = nbformat.reads(text, as_version=4)
+    assert any("paper" in "".join(o.get("text", "")) for c in nb.cells for o in c.get("outputs", []))
+    assert str(REPO) not in text
+
+
 def test_unknown_stage_is_an_error():
     with pytest.raises(study.StageFailed, match="no stage 'nope'"):
         study.run(REPO / "params/smoke.yaml", only=["nope"], echo=lambda *_: None)

@@ -90,9 +90,11 @@ def _in_range(mask: np.ndarray, ranges: dict[int, tuple[int, int]]) -> bool:
     return True
 
 
-def check_masks(masks: np.ndarray, reference: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def check_masks(masks: np.ndarray, reference: np.ndarray | None = None, *,
+                ranges: dict[int, tuple[int, int]] | None = None) -> dict[str, np.ndarray]:
     """Per-map flags of a (N, H, W) stack for every criterion of :data:`SHAPE_CRITERIA`, and with ``reference``
-    (real training maps) ``areas_in_range`` too; ``valid`` is all of them."""
+    (real training maps) or their class-area ``ranges`` (:func:`area_ranges`) ``areas_in_range`` too; ``valid`` is
+    all of them."""
     flags = {
         "lv_enclosed": np.array([lv_enclosed_by_myo(m) for m in masks], bool),
         "myo_ring": np.array([myo_is_ring_around_lv(m) for m in masks], bool),
@@ -101,8 +103,9 @@ def check_masks(masks: np.ndarray, reference: np.ndarray | None = None) -> dict[
         "single_rv": np.array([n_components(m, RV) <= 1 for m in masks], bool),
         "rv_at_septum": np.array([rv_at_septum(m) for m in masks], bool),
     }
-    if reference is not None:
+    if ranges is None and reference is not None:
         ranges = area_ranges(reference)
+    if ranges is not None:
         flags["areas_in_range"] = np.array([_in_range(m, ranges) for m in masks], bool)
     flags["valid"] = np.logical_and.reduce(list(flags.values())) if len(masks) else np.zeros(0, bool)
     return flags

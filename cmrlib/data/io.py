@@ -120,8 +120,9 @@ class NiftiArray:
     zooms: tuple[float, ...]
 
 
-def read_nifti(path: str | Path, frame: int | None = None) -> NiftiArray:
-    """Read a 3D NIfTI (or one ``frame`` of a 4D one); unreadable or truncated files raise :class:`BadCaseError`."""
+def read_nifti(path: str | Path, frame: int | None = None, *, allow_2d: bool = False) -> NiftiArray:
+    """Read a 3D NIfTI (or one ``frame`` of a 4D one; with ``allow_2d``, a 2D one as one slice); unreadable or
+    truncated files raise :class:`BadCaseError`."""
     import nibabel as nib
 
     path = Path(path)
@@ -136,14 +137,14 @@ def read_nifti(path: str | Path, frame: int | None = None) -> NiftiArray:
             if not 0 <= frame < shape[3]:
                 raise bad(path, f"frame {frame} outside the file's {shape[3]} frames")
             data = np.asarray(img.dataobj[..., frame])
-        elif len(shape) == 3:
+        elif len(shape) == 3 or (allow_2d and len(shape) == 2):
             if frame not in (None, 0):
-                raise bad(path, f"3D file {shape} but frame {frame} requested")
-            data = np.asarray(img.dataobj)
+                raise bad(path, f"{len(shape)}D file {shape} but frame {frame} requested")
+            data = np.asarray(img.dataobj).reshape(shape + (1,) * (3 - len(shape)))  # a 2D map: one slice
         else:
             raise bad(path, f"expected a 3D or 4D image, got shape {shape}")
         affine = np.asarray(img.affine, dtype=float)
-        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+        zooms = tuple(float(z) for z in img.header.get_zooms()[:3]) + (1.0,) * (3 - min(3, len(shape)))
     except BadCaseError:
         raise
     except Exception as exc:  # nibabel, gzip, zlib and numpy raise many types for corrupt or truncated files

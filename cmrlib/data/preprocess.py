@@ -49,13 +49,17 @@ def _resize(stack: np.ndarray, size: tuple[int, int], labels: bool) -> np.ndarra
 
 def resample_inplane(vol: Volume, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """Image and mask resampled to ``spacing_mm`` in plane (unchanged when the spacing is unknown or equal)."""
-    if vol.spacing is None:
-        return vol.image.astype(np.float32), vol.mask
-    h, w = vol.image.shape[1:]
-    size = (max(1, round(h * vol.spacing[0] / spacing_mm)), max(1, round(w * vol.spacing[1] / spacing_mm)))
-    if size == (h, w):
+    size = _inplane_size(vol.image.shape[1:], vol.spacing, spacing_mm)
+    if size == vol.image.shape[1:]:
         return vol.image.astype(np.float32), vol.mask
     return _resize(vol.image, size, labels=False), _resize(vol.mask, size, labels=True).astype(vol.mask.dtype)
+
+
+def _inplane_size(shape: tuple[int, ...], spacing: tuple[float, float] | None, spacing_mm: float) -> tuple[int, ...]:
+    """The (rows, cols) of a slice of ``shape`` at ``spacing`` once resampled to ``spacing_mm`` (unchanged if unknown)."""
+    if spacing is None:
+        return tuple(shape)
+    return (max(1, round(shape[0] * spacing[0] / spacing_mm)), max(1, round(shape[1] * spacing[1] / spacing_mm)))
 
 
 def crop_around_heart(image: np.ndarray, mask: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +91,17 @@ def pixel_size_mm(data) -> float:
     """The in-plane size of a processed pixel of the data params ``data``: the crop of :func:`crop_pixels` pixels at
     ``spacing_mm``, resized to ``image_size`` (the default 180 mm crop at 1.5 mm, 120 pixels, resized to 64: 2.8125 mm)."""
     return crop_pixels(data.crop_mm, data.spacing_mm) * data.spacing_mm / data.image_size
+
+
+def labels_to_grid(mask: np.ndarray, spacing: tuple[float, float] | None, *, image_size: int, crop_mm: float,
+                   spacing_mm: float) -> np.ndarray:
+    """A label stack ``(slices, rows, cols)`` brought to the processed grid as :func:`preprocess_volume` brings a
+    case's labels (resampled to ``spacing_mm``, cropped around the labels' centre of mass, resized to ``image_size``)."""
+    size = _inplane_size(mask.shape[1:], spacing, spacing_mm)
+    if size != mask.shape[1:]:
+        mask = _resize(mask, size, labels=True)
+    _, mask = crop_around_heart(mask.astype(np.float32), mask, crop_pixels(crop_mm, spacing_mm))
+    return _resize(mask, (image_size, image_size), labels=True).astype(np.uint8)
 
 
 def preprocess_volume(
