@@ -119,7 +119,7 @@ def with_roots(name: str, root) -> list[str]:
     return [f"data.root={root}"] if data.get("source", "phantom") != "phantom" else []
 
 
-@pytest.mark.parametrize("name", ["default", "smoke", "acdc", "mnms", "mnms_to_acdc", "paper", "reference_conditioning"])
+@pytest.mark.parametrize("name", ["default", "smoke", "acdc", "acdc_shared", "mnms", "mnms_to_acdc", "paper", "reference_conditioning"])
 def test_what_a_shipped_file_does_not_state_is_the_default_recipe(name, tmp_path):
     path = REPO / "params" / f"{name}.yaml"
     raw = params._parse_yaml(path.read_text())

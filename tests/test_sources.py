@@ -169,3 +169,15 @@ def test_cross_domain_sets_keep_the_params_order_and_layout_errors_name_the_entr
 def test_an_unknown_key_of_a_source_entry_lists_the_valid_keys():
     with pytest.raises(P.ParamsError, match=r"unknown key 'data.sources.acdc.rooot' \(valid keys here: assumed_slice_spacing_mm, assumed_spacing_mm, csv"):
         P.load(REPO / "params/smoke.yaml", ["data.sources.acdc.rooot=x"])
+
+
+def test_the_shared_acdc_overlay_splits_its_70_patients_into_train_holdout_val_and_test(tmp_path):
+    """params/acdc_shared.yaml on the 70 shared ACDC patients: 16 members, 16 held-out non-members, 8 validation
+    patients and the other 30 as the test set, disjoint, with no cross-domain set."""
+    root = _real("acdc_h5_train")
+    params = P.load(project_root() / "params/acdc_shared.yaml", [f"data.root={root}"])
+    slices = prepare(params, RunPaths(tmp_path / "run"))
+    splits = json.loads((tmp_path / "run" / "splits.json").read_text())["sets"]
+    assert {k: len(v) for k, v in splits.items()} == {"train": 16, "holdout": 16, "val": 8, "test": 30}
+    assert len(set().union(*map(set, splits.values()))) == 70
+    assert set(slices.meta["split"]) == {"train", "holdout", "val", "test"} and set(slices.meta["dataset"]) == {"acdc"}
