@@ -296,8 +296,9 @@ def _fidelity(paths: RunPaths, arm: str) -> dict:
 
 def _mask_origin(params: StudyParams, samples: str) -> str:
     """Where the conditioning masks of a run's sample set come from, as the data card says it."""
-    stage1 = (f"stage-1 masks of the run's mask prior, {'only anatomically valid ones kept' if params.generators.mask_filter == 'valid' else 'unfiltered'}"
-              f" (generators.mask_filter: {params.generators.mask_filter})")
+    kept = ("anatomically valid ones kept (topped up with invalid ones where the prior gave too few: see the share "
+            "below)" if params.generators.mask_filter == "valid" else "unfiltered")
+    stage1 = f"stage-1 masks of the run's mask prior, {kept} (generators.mask_filter: {params.generators.mask_filter})"
     return {"paired": "real test masks", "synthetic_oracle": "real training masks (the oracle control: they are the "
             "training patients' own label maps)", "synthetic_all": "stage-1 masks of the run's mask prior, unfiltered"
             }.get(samples, stage1)
