@@ -159,8 +159,9 @@ def generate_to(out: str | Path, fmt: str = "nifti", *, run: str | Path | None =
         results = {}
     else:
         gen, params, paths = from_run(run, arm)
-        gate = privacy_gate(params, privacy_results(paths, gen.arm), override)
-        results = {"fidelity": _fidelity(paths, gen.arm), "privacy": privacy_results(paths, gen.arm)}
+        privacy = privacy_results(paths, gen.arm)
+        gate = privacy_gate(params, privacy, override)
+        results = {"fidelity": _fidelity(paths, gen.arm), "privacy": privacy}
     seed = gen.seed if seed is None else seed
     if masks is not None:
         prep = gen.preprocessing
@@ -370,7 +371,8 @@ def export(run: str | Path, arm: str, fmt: str, out: str | Path, samples: str = 
     _check_format(fmt)
     require_empty_folder(out)  # before any work
     params, paths = open_run(run)
-    gate = privacy_gate(params, privacy_results(paths, arm), override)
+    privacy = privacy_results(paths, arm)
+    gate = privacy_gate(params, privacy, override)
     sample = generation.load_samples(paths, arm, samples)
     table = generation.samples_table(paths, arm)
     rows = table[table["file"] == f"{samples}.npz"]
@@ -390,7 +392,7 @@ def export(run: str | Path, arm: str, fmt: str, out: str | Path, samples: str = 
     card = _card(arm, samples, sample["masks"], ranges=ranges, training=standalone.training_record(params, paths),
                  preprocessing=standalone.preprocessing(params.data), generation=record,
                  masks_origin=_mask_origin(params, samples), gate=gate, source=str(paths.root),
-                 fidelity=_fidelity(paths, arm), privacy=privacy_results(paths, arm), real=real)
+                 fidelity=_fidelity(paths, arm), privacy=privacy, real=real)
     return _write(out, fmt, card, sets)
 
 

@@ -16,6 +16,11 @@ from ..labels import NUM_CLASSES
 from .records import BadCaseError, SliceSet, Volume
 
 
+def unknown_labels(mask: np.ndarray) -> list[int]:
+    """The values of a label map outside the canonical 0..NUM_CLASSES-1 (or not whole numbers)."""
+    return [int(v) for v in np.unique(mask) if v < 0 or v >= NUM_CLASSES or v != int(v)]
+
+
 def check_volume(vol: Volume) -> None:
     """Raise :class:`BadCaseError` naming the file for every problem that would poison the data set."""
     where = f"{vol.source} (patient {vol.patient}, {vol.phase})"
@@ -29,8 +34,7 @@ def check_volume(vol: Volume) -> None:
         raise BadCaseError(f"{where}: image is constant ({float(vol.image.min())})")
     if vol.mask.dtype.kind == "f" and not np.isfinite(vol.mask).all():
         raise BadCaseError(f"{where}: the label map contains NaN or infinite values")
-    labels = np.unique(vol.mask)
-    unknown = [int(v) for v in labels if v < 0 or v >= NUM_CLASSES or v != int(v)]
+    unknown = unknown_labels(vol.mask)
     if unknown:
         raise BadCaseError(f"{where}: labels {unknown} outside 0..{NUM_CLASSES - 1} (is the label remap right for this source?)")
     if not (vol.mask > 0).any():

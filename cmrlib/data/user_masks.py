@@ -27,7 +27,7 @@ import pandas as pd
 
 from ..labels import NUM_CLASSES
 from . import io
-from .preprocess import labels_to_grid
+from .preprocess import labels_to_grid, unknown_labels
 
 SUFFIXES = (".nii.gz", ".nii", ".png", ".npz")
 
@@ -85,8 +85,7 @@ def read_masks(folder: str | Path, *, image_size: int, crop_mm: float, spacing_m
     for path in files:
         stack, spacing = _read(path, pixel_mm)
         stack = io.map_labels(stack, source, path)
-        values = np.unique(stack)
-        unknown = [int(v) for v in values if not (0 <= v < NUM_CLASSES) or v != int(v)]
+        unknown = unknown_labels(stack)
         if unknown:
             raise io.bad(path, f"label values {unknown} outside 0..{NUM_CLASSES - 1} (0 background, 1 LV, 2 MYO, 3 RV); "
                                "give --label-map VALUE:NAME,... for another numbering")
