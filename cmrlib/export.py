@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from . import __version__, data, generation, registry, standalone
-from .data import anatomy, user_masks
+from .data import anatomy, terms, user_masks
 from .data.io import CODES
 from .jsonio import write_json
 from .labels import CLASSES
@@ -221,13 +221,6 @@ def privacy_gate(params: StudyParams, results: dict, override: str | None = None
 
 
 THROUGH_PLANE_MM = 999.0  # a 2D slice has no through-plane extent: nnU-Net's value for its fake third axis
-TERMS = {  # the data sets' terms and citations, as the data card states them
-    "phantom": "cmrlib's embedded phantom: simulated, no patients, no terms",
-    "acdc": "ACDC (Bernard et al., IEEE TMI 2018, doi:10.1109/TMI.2018.2837502): CC BY-NC-SA 4.0, non-commercial, "
-            "share alike; data derived from it keep these terms; cite Bernard et al. 2018",
-    "mnms": "M&Ms (Campello et al., IEEE TMI 2021, doi:10.1109/TMI.2021.3090082): the M&Ms data terms (research use); "
-            "cite Campello et al. 2021",
-}
 INTENDED_USE = ("Research only: training and evaluating cardiac MRI segmentation with synthetic data, and studying "
                 "generative models. Not for clinical use, diagnosis or treatment decisions, and not evidence about any "
                 "patient. The images are 2D short-axis slices with intensities scaled to [-1, 1] per volume (not MR "
@@ -318,7 +311,7 @@ def _card(arm: str, samples: str, masks: np.ndarray, *, ranges: dict, training: 
         "samples": samples, "n": len(masks), "cmrlib_version": __version__,
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source": source,
         "intended_use": INTENDED_USE,
-        "training_data": training | {"terms": [TERMS.get(d, f"{d}: its owner's terms") for d in training["data_sets"]]},
+        "training_data": training | {"terms": [terms.terms(d) for d in training["data_sets"]]},
         "preprocessing": preprocessing, "generation": generation, "masks": masks_origin,
         "mask_validity": {"criteria": "cmrlib.data.anatomy: " + ", ".join(k for k in flags if k != "valid") + (
                           " (areas against the real training masks' range)" if ranges else

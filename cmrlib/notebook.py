@@ -10,17 +10,21 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from . import params as params_mod
+from . import report
+from .data import terms
 from .paths import RunPaths
 
 
 def setup(params_path: str, run_dir: str = "") -> tuple[params_mod.StudyParams, RunPaths]:
-    """Load and validate the params, locate the run folder, seed every generator, set figure defaults."""
+    """Load and validate the params, locate the run folder, seed every generator, set figure defaults (and the
+    credit line of real data under every figure)."""
     params = params_mod.load(params_path)
     paths = RunPaths(Path(run_dir).resolve()) if run_dir else RunPaths.for_run(params.run_name)
     paths.root.mkdir(parents=True, exist_ok=True)
     seed_everything(params.seed)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
     plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "font.size": 9})
+    report.set_figure_credit(terms.figure_credit(params.data))
     return params, paths
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Sequence
 
 import torch
@@ -74,7 +74,7 @@ def map_jobs(fn: Callable, jobs: Sequence, workers: int, context: tuple = (), de
         futures = {pool.submit(_call, job): i for i, job in enumerate(jobs)}
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)  # the bar moves with every finished job
             bar.update(len(done))
             for future in done:
                 if future.exception() is not None:

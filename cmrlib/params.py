@@ -492,6 +492,8 @@ class PrivacyControlsParams(_Section):
                                  "deals each class's patients to 2 folds; 4 against 8 holdout patients let the permutation "
                                  "test reach p < 0.01)")
     canary_repeats: int = Field(default=10, ge=2, description="times each canary's slices appear in the control's training set")
+    workers: int = Field(default=2, ge=1, description="control trainings at once (cmrlib.parallel, on executor's engine, "
+                         "each on its share of the cores, as utility.workers); 1: one after the other in the notebook's process")
 
 
 class PrivacyParams(_Section):
@@ -539,7 +541,8 @@ class PaperParams(_Section):
 
 
 class ExecutorParams(_Section):
-    """Where the independent jobs of a stage run (the utility axis's segmenter trainings; :mod:`cmrlib.parallel`)."""
+    """Where independent work runs: the runner's arm stages side by side, and a stage's independent jobs (the utility
+    axis's segmenter trainings, the privacy controls' trainings; :mod:`cmrlib.parallel`)."""
 
     engine: Literal["local", "dask"] = Field(
         default="local", description="local: this machine, utility.workers processes (1: in this process); dask: tasks "
@@ -547,6 +550,12 @@ class ExecutorParams(_Section):
     address: str | None = Field(
         default=None, description="dask: the scheduler's address (tcp://host:8786, for example of a dask-jobqueue "
         "SLURMCluster); null: a local cluster of utility.workers processes (the local engine's numbers)")
+    arm_stages: int = Field(
+        default=3, ge=1, description="the runner's stages of one arm each (20_generator[ddpm], [ldm], [fm]; they depend "
+        "on the mask prior only) run this many at once, each kernel with the machine's cores divided among them (at "
+        "least one thread): on 2 cores three single-threaded arms train more images per second than one arm on two "
+        "threads; 1: one after the other, each on every core. The thread count changes the floats: the numbers depend "
+        "on it, as on utility.workers")
 
 
 class StudyParams(_Section):

@@ -28,6 +28,7 @@ from . import data, generation, params as params_mod, privacy, registry
 from .data.preprocess import concat
 from .data.records import SliceSet
 from .data.splits import assign
+from .parallel import map_jobs
 from .params import StudyParams
 from .paths import RunPaths
 from .seeds import seed_for
@@ -79,45 +80,58 @@ def white_box(params: StudyParams, model, positive: SliceSet, negative: SliceSet
 
 
 def trained(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, ref: privacy.Reference) -> pd.DataFrame:
-    """Train (or resume) the controls of ``privacy.controls.run`` and attack them; one row per (control, arm, attack
-    set, attack, unit), with what a sound attack should give (``expected``) and the training's epochs."""
+    """Train (or resume) the controls of ``privacy.controls.run``, ``privacy.controls.workers`` at once, and attack
+    them; one row per (control, arm, attack set, attack, unit), with what a sound attack should give (``expected``)
+    and the training's epochs."""
     c = params.privacy.controls
-    rows = []
+    jobs = {}  # (control, arm) -> (training set, autoencoder's training set)
     if "canary" in c.run:
         chosen = canaries(params, ref.train)
-        model = _trained_arm(params, paths, c.arm, with_canaries(params, ref.train, chosen), "canary")
+        jobs["canary", c.arm] = (with_canaries(params, ref.train, chosen), None)
+    plain = without_signature(params, splits) if "no-signature" in c.run else None
+    if plain is not None:
+        jobs["no-signature", c.arm] = (plain.split("train"), None)
+    if "autoencoder-elsewhere" in c.run:
+        others = slices.select(slices.meta["split"].isin(["val", "test"]).to_numpy())
+        for arm in [a for a in registry.names() if registry.get(a).autoencoder]:
+            jobs["autoencoder-elsewhere", arm] = (ref.train, others)
+    e = params.executor
+    map_jobs(_train_control, [(*key, *sets) for key, sets in jobs.items()], c.workers, (params, paths), "privacy controls",
+             engine=e.engine, address=e.address)
+    # each loaded as the attacks load every arm (its sampling weights)
+    models = {(control, arm): generation.load_arm(params, paths, arm, replica=generation.Replica(control=control))[0]
+              for control, arm in jobs}
+    rows = []
+    if "canary" in c.run:
+        model = models["canary", c.arm]
         is_canary = ref.train.meta["patient"].isin(chosen).to_numpy()
         for members, expected in (("canaries", "found: AUC above 0.5"), ("other members", "above 0.5 if the attack finds members seen once per epoch")):
             subset = ref.train.select(is_canary if members == "canaries" else ~is_canary)
             rows += _rows("canary", c.arm, expected, white_box(params, model, subset, ref.holdout, f"{c.arm}/control-canary/{members}"),
                           members=members, epochs=privacy.epochs(params, c.arm, len(ref.train) + (c.canary_repeats - 1) * int(is_canary.sum())))
     if "no-signature" in c.run:
-        plain = without_signature(params, splits)
         if plain is None:
             rows.append({"control": "no-signature", "arm": c.arm, "expected": NOT_PHANTOM})
         else:
             train, holdout = plain.split("train"), plain.split("holdout")
-            model = _trained_arm(params, paths, c.arm, train, "no-signature")
             rows += _rows("no-signature", c.arm, "near 0.5 if the attack found the signature alone (a patient is then its anatomy and its noise)",
-                          white_box(params, model, train, holdout, f"{c.arm}/control-no-signature"), members="members",
-                          epochs=privacy.epochs(params, c.arm, len(train)))
-    if "autoencoder-elsewhere" in c.run:
-        others = slices.select(slices.meta["split"].isin(["val", "test"]).to_numpy())
-        for arm in [a for a in registry.names() if registry.get(a).autoencoder]:
-            model = _trained_arm(params, paths, arm, ref.train, "autoencoder-elsewhere", others)
-            expected = "the arm's own attack without the autoencoder's share"
-            rows += _rows("autoencoder-elsewhere", arm, expected, white_box(params, model, ref.train, ref.holdout, f"{arm}/control-autoencoder-elsewhere"),
-                          members="members", epochs=privacy.epochs(params, arm, len(ref.train)))
-            rows += _rows("autoencoder-elsewhere", arm, "near 0.5: the autoencoder never saw the members",
-                          [r for r in privacy.autoencoder_attack(params, ref, arm, model) if r["protocol"] == "ours"], members="members")
+                          white_box(params, models["no-signature", c.arm], train, holdout, f"{c.arm}/control-no-signature"),
+                          members="members", epochs=privacy.epochs(params, c.arm, len(train)))
+    for (control, arm), model in models.items():
+        if control != "autoencoder-elsewhere":
+            continue
+        expected = "the arm's own attack without the autoencoder's share"
+        rows += _rows("autoencoder-elsewhere", arm, expected, white_box(params, model, ref.train, ref.holdout, f"{arm}/control-autoencoder-elsewhere"),
+                      members="members", epochs=privacy.epochs(params, arm, len(ref.train)))
+        rows += _rows("autoencoder-elsewhere", arm, "near 0.5: the autoencoder never saw the members",
+                      [r for r in privacy.autoencoder_attack(params, ref, arm, model) if r["protocol"] == "ours"], members="members")
     return pd.DataFrame(rows)
 
 
-def _trained_arm(params: StudyParams, paths: RunPaths, arm: str, train: SliceSet, control: str, autoencoder_train=None):
-    """Train (or resume) the control's copy of ``arm``, then load it as the attacks load every arm (its sampling weights)."""
-    replica = generation.Replica(control=control)
-    generation.train_arm(params, paths, arm, train, replica, autoencoder_train)
-    return generation.load_arm(params, paths, arm, replica=replica)[0]
+def _train_control(params: StudyParams, paths: RunPaths, job: tuple) -> None:
+    """Train (or resume) one control's copy of an arm: a job of :func:`cmrlib.parallel.map_jobs`."""
+    control, arm, train, autoencoder_train = job
+    generation.train_arm(params, paths, arm, train, generation.Replica(control=control), autoencoder_train)
 
 
 def untrained(mia: pd.DataFrame, released: pd.DataFrame) -> pd.DataFrame:

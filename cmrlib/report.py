@@ -7,10 +7,22 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+_credit: str | None = None
+
+
+def set_figure_credit(credit: str | None) -> None:
+    """The line every figure saved from now on carries (the attribution of real data, set by
+    :func:`cmrlib.notebook.setup` from :func:`cmrlib.data.terms.figure_credit`); None: no line."""
+    global _credit
+    _credit = credit
+
 
 def save_figure(fig: plt.Figure, folder: str | Path, name: str, dpi: int = 150) -> list[Path]:
-    """Write ``<name>.png`` and ``<name>.pdf`` into ``folder``; returns both paths."""
+    """Write ``<name>.png`` and ``<name>.pdf`` into ``folder``, with the credit line under the figure when one is
+    set (:func:`set_figure_credit`); returns both paths."""
     folder = Path(folder)
+    if _credit and not any(t.get_gid() == "credit" for t in fig.texts):  # once, if a figure is saved twice
+        fig.text(0.5, 0.0, _credit, ha="center", va="top", fontsize=7, color="0.3", gid="credit")
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
     # no creation date in the PDF: the same run gives byte-identical files

@@ -6,7 +6,9 @@ Each notebook gets two parameters, ``params_path`` (the resolved params written 
 ``run_dir``; a notebook whose parameters cell declares ``arm`` runs once per arm of :mod:`cmrlib.registry`, as the
 stages ``20_generator[ddpm]``, ... (``--only 20_generator`` selects them all). Executed copies go to
 ``runs/<run>/notebooks/`` (``20_generator_<arm>.ipynb`` for an arm's stage). ``runs/<run>/run.json`` records versions, the git
-commit, the params digest and, per stage, its status, wall time and the kernel's peak memory. A stage is skipped
+commit, the params digest, per stage its status, wall time, the kernel's peak memory and the peak of all the run's
+processes together, and per invocation (``invocations``) its end-to-end wall time, the stages it ran, that peak,
+and whether the run was complete at its end. A stage is skipped
 when its fingerprint (params, notebook, cmrlib version and source, and the previous stage's fingerprint) is the
 one recorded and its outputs exist and load (a truncated checkpoint is not "done"), unless ``--force``. While a
 notebook runs, its own output (each training's and sampler's progress bar) streams to the terminal. The runner
@@ -27,11 +29,14 @@ import platform
 import resource
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
+
+import psutil
 
 from . import __version__, params as params_mod, preflight, registry
 from .data.records import METADATA_FILE
@@ -190,8 +195,9 @@ def _declared_parameters(notebook: Path) -> set[str]:
     return set(re.findall(r"^([A-Za-z_]\w*)\s*=", source, flags=re.M))
 
 
-def _execute(notebook: str, output: str, parameters: dict, cwd: str, kernel: str, queue) -> None:
-    """Worker process: run one notebook; report the kernel's peak memory or the failing cell."""
+def _execute(notebook: str, output: str, parameters: dict, cwd: str, kernel: str, queue, threads: int | None = None) -> None:
+    """Worker process: run one notebook (its kernel on ``threads`` threads; None: torch's default, every core);
+    report the kernel's peak memory or the failing cell."""
     import signal
 
     import papermill
@@ -203,6 +209,8 @@ def _execute(notebook: str, output: str, parameters: dict, cwd: str, kernel: str
     # live progress: the notebook's own output (its training and sampling bars, a line at most every
     # TQDM_MININTERVAL seconds, which the kernel inherits) goes to the terminal as it comes, in place of the cell bar
     os.environ.setdefault("TQDM_MININTERVAL", str(PROGRESS_INTERVAL_S))
+    if threads is not None:  # the kernel inherits them; torch reads OMP_NUM_THREADS when it starts
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     try:
         papermill.execute_notebook(notebook, output, parameters=parameters, kernel_name=kernel, cwd=cwd, progress_bar=False,
                                    stdout_file=sys.stdout, stderr_file=sys.stderr)
@@ -213,12 +221,91 @@ def _execute(notebook: str, output: str, parameters: dict, cwd: str, kernel: str
         result = {"ok": False, "cell": None, "source": "", "error": f"{type(exc).__name__}: {exc}"}
     # the kernel is this process's child: its peak resident memory (kB on Linux)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    result["ended"] = time.time()  # the stage's own end, when the runner reads another stage's result first
     queue.put(result)
+
+
+class MemorySampler:
+    """The resident memory of this process and all its descendants (the stage's worker, its kernel, the kernel's
+    job processes) summed, sampled every ``interval_s`` in a thread: ``peak_mb`` is the largest sum seen (what the
+    machine needed at once), not the largest single process."""
+
+    def __init__(self, interval_s: float = 1.0):
+        self.interval_s, self.peak_mb, self.window_peak_mb = interval_s, 0.0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def sample(self) -> float:
+        me = psutil.Process()
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):  # a process that ended between the two calls
+                pass
+        self.peak_mb = max(self.peak_mb, total / 2**20)
+        self.window_peak_mb = max(self.window_peak_mb, total / 2**20)
+        return total / 2**20
+
+    def new_window(self) -> None:
+        """Start a new window (a stage): ``window_peak_mb`` is the largest sum seen since."""
+        self.window_peak_mb = 0.0
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def __enter__(self) -> "MemorySampler":
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def execute_stage(stage: Stage, paths: RunPaths, kernel: str = KERNEL, *, force: bool = False) -> dict:
     """Run one notebook in a fresh process (so its memory is measured alone); raise StageFailed on error.
     Ctrl-C stops the notebook and raises KeyboardInterrupt (checkpoints already written stay)."""
+    return _finish(_start(stage, paths, kernel, force))
+
+
+def execute_stages(stages: Sequence[Stage], paths: RunPaths, kernel: str = KERNEL, *, force: bool = False) -> list[dict | StageFailed]:
+    """Run several independent notebooks at once, each kernel on the machine's cores divided among them (at least
+    one thread); returns each stage's result, or its StageFailed, once all have ended. Ctrl-C stops them all."""
+    if len(stages) == 1:
+        try:
+            return [execute_stage(stages[0], paths, kernel, force=force)]
+        except StageFailed as exc:
+            return [exc]
+    threads = max(1, len(os.sched_getaffinity(0)) // len(stages))
+    running = [_start(stage, paths, kernel, force, threads) for stage in stages]
+    out: list[dict | StageFailed] = []
+    try:
+        for r in running:
+            try:
+                out.append(_finish(r))
+            except StageFailed as exc:
+                out.append(exc)
+    except KeyboardInterrupt:
+        for r in running:
+            r.worker.terminate()
+            r.worker.join()
+        raise
+    return out
+
+
+@dataclass
+class _Running:
+    stage: Stage
+    worker: multiprocessing.Process
+    queue: object
+    output: Path
+    start: float
+
+
+def _start(stage: Stage, paths: RunPaths, kernel: str, force: bool, threads: int | None = None) -> _Running:
     output = paths.notebooks / Path(stage.executed).name  # paths.notebooks creates the folder
     parameters = {"params_path": str(paths.params), "run_dir": str(paths.root)}
     if stage.arm is not None:
@@ -227,24 +314,30 @@ def execute_stage(stage: Stage, paths: RunPaths, kernel: str = KERNEL, *, force:
     parameters |= {k: optional[k] for k in OPTIONAL_PARAMETERS if k in stage.declared}
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    start = time.perf_counter()
-    worker = ctx.Process(target=_execute, args=(str(stage.notebook), str(output), parameters, str(stage.notebook.parent), kernel, queue))
+    start = time.time()
+    worker = ctx.Process(target=_execute, args=(str(stage.notebook), str(output), parameters, str(stage.notebook.parent),
+                                                kernel, queue, threads))
     worker.start()
+    return _Running(stage, worker, queue, output, start)
+
+
+def _finish(r: _Running) -> dict:
+    """Wait for a started stage; its result, or StageFailed naming the cell and the error."""
     try:
-        result = queue.get()
+        result = r.queue.get()
     except KeyboardInterrupt:
-        worker.terminate()  # its kernel exits when its parent does
-        worker.join()
+        r.worker.terminate()  # its kernel exits when its parent does
+        r.worker.join()
         raise
-    worker.join()
-    result["wall_s"] = round(time.perf_counter() - start, 2)
+    r.worker.join()
+    result["wall_s"] = round(result.pop("ended") - r.start, 2)
     if not result["ok"]:
         cell = f" in cell [{result['cell']}] of the executed copy" if result["cell"] is not None else ""
         code = "\n".join("    " + line for line in (result["source"] or "").splitlines()[:8])
         raise StageFailed(
-            f"stage {stage.name} failed{cell}: {result['error']}\n"
+            f"stage {r.stage.name} failed{cell}: {result['error']}\n"
             + (f"  the cell:\n{code}\n" if code else "")
-            + f"  full traceback in the executed notebook {output}"
+            + f"  full traceback in the executed notebook {r.output}"
         )
     return result
 
@@ -285,6 +378,7 @@ def run(
     echo=print,
 ) -> dict:
     """Run (or resume) the study; returns the content of run.json."""
+    t0 = time.perf_counter()
     params = params_mod.load(params_file, overrides)
     stages = stages if stages is not None else discover_stages()
     selected = _select(stages, only, start)
@@ -303,47 +397,105 @@ def run(
     )
     record.setdefault("stages", {})
     echo(f"study {params.run_name}: {len(selected)} stage(s) -> {paths.root}")
-    for i, stage in enumerate(selected, 1):
-        previous = record["stages"].get(stage.name, {})
-        unchanged = previous.get("status") == "done" and previous.get("fingerprint") == fps[stage.name]
-        if unchanged and not force:
-            problems = {o: p for o in stage.outputs if (p := output_problem(paths.root / o))}
-            if not problems:
-                echo(f"[{i}/{len(selected)}] {stage.name}: unchanged, skipped (use --force to re-run)")
-                continue
-            echo(f"[{i}/{len(selected)}] {stage.name}: re-running, as its outputs are not sound: "
-                 + "; ".join(f"{o} {p}" for o, p in problems.items()))
-        echo(f"[{i}/{len(selected)}] {stage.name}: running")
-        # the params are written only now that a stage starts with them, so a refused invocation changes nothing
-        params.to_yaml(paths.params)
-        entry = {"status": "running", "fingerprint": fps[stage.name], "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "notebook": stage.executed}
-        record["stages"][stage.name] = entry
+    invocation = {"started": _now(), "commit": record["git"]["commit"], "stages_run": [], "complete": False}
+    record.setdefault("invocations", []).append(invocation)
+    memory = MemorySampler()
+    try:
+        with memory:
+            _run_stages(selected, stages, params, paths, record, fps, kernel, force, checked, invocation, memory, echo)
+    finally:  # a failed or interrupted invocation is recorded too
+        invocation.update(wall_s=round(time.perf_counter() - t0, 1), peak_rss_total_mb=round(memory.peak_mb, 1),
+                          complete=all(record["stages"].get(s.name, {}).get("status") == "done" for s in stages))
         write_json(paths.run_json, record)
-        try:
-            result = execute_stage(stage, paths, kernel, force=force)
-        except StageFailed:
-            entry["status"] = "failed"
-            write_json(paths.run_json, record)
-            raise
-        except KeyboardInterrupt:
-            entry["status"] = "interrupted"
-            write_json(paths.run_json, record)
-            raise StudyInterrupted(
-                f"interrupted in stage {stage.name}; run the same command again to resume (finished stages are "
-                f"skipped, trainings continue from their last checkpoint)") from None
-        entry.update(status="done", wall_s=result["wall_s"], peak_rss_mb=round(result["peak_rss_mb"], 1))
-        write_json(paths.run_json, record)
-        echo(f"[{i}/{len(selected)}] {stage.name}: done in {result['wall_s']:.1f} s, peak memory {result['peak_rss_mb']:.0f} MB")
-        if stage.name == DATA_STAGE and i < len(selected):  # the real counts are known now, before any training
-            preflight.check(params, _run_counts(paths), done=f"{DATA_STAGE} ran; its outputs are kept", stages=checked)
     total = sum(s.get("wall_s", 0.0) for s in record["stages"].values())
-    echo(f"study {params.run_name}: finished; stage wall time in total {total:.1f} s; record in {paths.run_json}")
-    if all(record["stages"].get(s.name, {}).get("status") == "done" for s in stages):
+    echo(f"study {params.run_name}: finished in {invocation['wall_s']:.0f} s end to end (stage wall time in total "
+         f"{total:.1f} s; peak memory of all processes together {memory.peak_mb:.0f} MB); record in {paths.run_json}")
+    if invocation["complete"]:
         published = publish_notebooks(params, paths)
         if published:
             echo(f"study {params.run_name}: executed notebooks published to {published}")
     return record
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _batches(selected: list[Stage], per_batch: int) -> list[list[Stage]]:
+    """The selected stages in order, the consecutive arm stages of one notebook grouped ``per_batch`` at a time
+    (they depend on earlier stages only, not on each other)."""
+    out: list[list[Stage]] = []
+    for stage in selected:
+        last = out[-1] if out else []
+        if (stage.arm is not None and last and last[0].arm is not None and last[0].notebook == stage.notebook
+                and len(last) < per_batch):
+            last.append(stage)
+        else:
+            out.append([stage])
+    return out
+
+
+def _run_stages(selected, stages, params, paths, record, fps, kernel, force, checked, invocation, memory, echo) -> None:
+    """The loop of :func:`run`: each selected stage skipped when unchanged, else executed and recorded; the arm
+    stages of a notebook ``executor.arm_stages`` at once."""
+    number = {stage.name: i for i, stage in enumerate(selected, 1)}
+
+    def tag(stage: Stage) -> str:
+        return f"[{number[stage.name]}/{len(selected)}] {stage.name}"
+
+    for batch in _batches(selected, params.executor.arm_stages):
+        todo = []
+        for stage in batch:
+            previous = record["stages"].get(stage.name, {})
+            unchanged = previous.get("status") == "done" and previous.get("fingerprint") == fps[stage.name]
+            if unchanged and not force:
+                problems = {o: p for o in stage.outputs if (p := output_problem(paths.root / o))}
+                if not problems:
+                    echo(f"{tag(stage)}: unchanged, skipped (use --force to re-run)")
+                    continue
+                echo(f"{tag(stage)}: re-running, as its outputs are not sound: "
+                     + "; ".join(f"{o} {p}" for o, p in problems.items()))
+            todo.append(stage)
+        if not todo:
+            continue
+        echo(f"{' and '.join(tag(s) for s in todo)}: running" + (" at once" if len(todo) > 1 else ""))
+        # the params are written only now that a stage starts with them, so a refused invocation changes nothing
+        params.to_yaml(paths.params)
+        memory.new_window()
+        entries = []
+        for stage in todo:
+            entry = {"status": "running", "fingerprint": fps[stage.name], "started": _now(), "notebook": stage.executed,
+                     "commit": record["git"]["commit"]}
+            record["stages"][stage.name] = entry
+            entries.append(entry)
+            invocation["stages_run"].append(stage.name)
+        if len(todo) > 1:
+            for entry in entries:
+                entry["ran_with"] = [s.name for s in todo]
+        write_json(paths.run_json, record)
+        try:
+            results = execute_stages(todo, paths, kernel, force=force)
+        except KeyboardInterrupt:
+            for entry in entries:
+                entry["status"] = "interrupted"
+            write_json(paths.run_json, record)
+            raise StudyInterrupted(
+                f"interrupted in stage {' and '.join(s.name for s in todo)}; run the same command again to resume "
+                f"(finished stages are skipped, trainings continue from their last checkpoint)") from None
+        for stage, entry, result in zip(todo, entries, results):
+            if isinstance(result, StageFailed):
+                entry["status"] = "failed"
+                continue
+            entry.update(status="done", wall_s=result["wall_s"], peak_rss_mb=round(result["peak_rss_mb"], 1),
+                         peak_rss_total_mb=round(memory.window_peak_mb, 1))
+            echo(f"{tag(stage)}: done in {result['wall_s']:.1f} s, peak memory {result['peak_rss_mb']:.0f} MB "
+                 f"(all processes together {memory.window_peak_mb:.0f} MB)")
+        write_json(paths.run_json, record)
+        failed = [r for r in results if isinstance(r, StageFailed)]
+        if failed:
+            raise failed[0]
+        if todo[-1].name == DATA_STAGE and todo[-1] is not selected[-1]:  # the real counts are known now, before any training
+            preflight.check(params, _run_counts(paths), done=f"{DATA_STAGE} ran; its outputs are kept", stages=checked)
 
 
 def publish_notebooks(params: params_mod.StudyParams, paths: RunPaths) -> Path | None:

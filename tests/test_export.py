@@ -8,7 +8,7 @@ import pytest
 
 from cmrlib import __main__ as cli
 from cmrlib import export, generation
-from cmrlib.data import LayoutError, SliceSet
+from cmrlib.data import LayoutError, SliceSet, terms
 from cmrlib.params import load
 from cmrlib.paths import RunPaths
 
@@ -152,7 +152,7 @@ def test_nnunet_export_with_the_real_training_split_and_a_complete_data_card(smo
     card = json.loads((out / "data_card.json").read_text())
     assert card["real"] == {"split": "train", "n": len(train), "patients": int(train.meta["patient"].nunique())}
     assert card["preprocessing"]["pixel_size_mm"] == pixel_size_mm(p.data) and "centre of mass" in card["preprocessing"]["crop"]
-    assert card["training_data"]["terms"] == [export.TERMS["phantom"]] and "Not for clinical use" in card["intended_use"]
+    assert card["training_data"]["terms"] == [terms.TERMS["phantom"]] and "Not for clinical use" in card["intended_use"]
     assert "synthetic set" in card["metrics_describe"] and 0 <= card["mask_validity"]["valid"] <= 1
     text = (out / "data_card.md").read_text()
     for heading in ("Intended use", "## Preprocessing", "## Source data: terms and citations", "real slices of the train split"):

@@ -74,12 +74,29 @@ def manuscript(tmp_path, results, params):
     return numbers, text, folder
 
 
+def unlisted_numbers(text: str, numbers: dict[str, str]) -> list[str]:
+    """The numbers of a manuscript's text that its numbers file does not hold (the data's credit line, a citation,
+    left out)."""
+    text = text.replace(numbers.get("data_credit", "\0"), "")
+    quoted = set(re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])", text))
+    allowed = {"0", "1", "2", "3", "-1"}  # stage 1 / stage 2, the [-1, 1] range: fixed by the method, not results
+    return sorted(q for q in quoted if q not in set(numbers.values()) | allowed)
+
+
+@pytest.mark.parametrize("folder", ["paper", "paper/acdc"])
+def test_a_published_paper_quotes_only_numbers_of_its_numbers_file(folder):
+    folder = REPO / folder
+    if not (folder / "paper.md").is_file():
+        pytest.skip(f"{folder} holds no published paper")
+    numbers = json.loads((folder / "numbers.json").read_text())
+    text = re.sub(r"\|.*\|", "", (folder / "paper.md").read_text())  # inlined tables are generated files
+    text = re.sub(r"\([^)]*\.(png|csv)\)", "", text)
+    assert not unlisted_numbers(text, numbers)
+
+
 def test_every_number_of_the_manuscript_is_in_the_numbers_file(tmp_path):
     numbers, text, folder = manuscript(tmp_path, RESULTS, load(REPO / "params/default.yaml", EIGHT_STEPS))
-    quoted = set(re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])", text))
-    known = set(numbers.values())
-    allowed = {"1", "2", "3", "-1"}  # stage 1 / stage 2, the [-1, 1] range: fixed by the method, not results
-    missing = sorted(q for q in quoted if q not in known and q not in allowed and q != "0")
+    missing = unlisted_numbers(text, numbers)
     assert not missing, f"numbers in paper.md not in numbers.json: {missing}"
     assert "0.800" in text and numbers["ddpm_mask_dice"] == "0.800"
     assert "*DDPM gives the best fidelity*: **confirmed**" in text and "confirmed at 25%" in text
@@ -89,6 +106,42 @@ def test_every_number_of_the_manuscript_is_in_the_numbers_file(tmp_path):
     tex = (folder / "main.tex").read_text()
     assert "\\input{tables/trade_off.tex}" in tex and "\\input{numbers.tex}" in tex
     assert "Cross-domain (the first cross-domain set, C)" in text and "not applicable" not in text
+
+
+def test_a_real_data_paper_names_its_params_seeds_and_credits_the_data_under_every_figure(tmp_path):
+    params = load(REPO / "params/default.yaml", EIGHT_STEPS)
+    params = params.model_copy(update={"data": params.data.model_copy(update={"source": "acdc_h5"})})
+    numbers, text, folder = manuscript(tmp_path, RESULTS, params)
+    assert numbers["params_digest"] == params.digest() and numbers["generator_seeds"] == "0"
+    assert numbers["utility_seeds"] == ", ".join(map(str, params.utility.seeds))
+    credit = numbers["data_credit"]
+    assert "ACDC" in credit and "CC BY-NC-SA 4.0" in credit
+    captions = re.findall(r"\*Figure: (.*)\*", text)
+    assert captions and all(c.endswith(credit + ".") for c in captions)
+    missing = unlisted_numbers(text, numbers)
+    assert not missing, f"numbers in paper.md not in numbers.json: {missing}"
+    phantom, _, _ = manuscript(tmp_path / "phantom", RESULTS, load(REPO / "params/default.yaml", EIGHT_STEPS))
+    assert "data_credit" not in phantom
+
+
+def test_a_figure_carries_the_credit_line_once_when_one_is_set(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from cmrlib import report
+    from cmrlib.data import terms
+
+    fig = plt.figure()
+    report.set_figure_credit(terms.figure_credit(load(REPO / "params/default.yaml").data))
+    report.save_figure(fig, tmp_path, "phantom")
+    assert not fig.texts
+    params = load(REPO / "params/default.yaml")
+    report.set_figure_credit(terms.figure_credit(params.data.model_copy(update={"source": "acdc_h5"})))
+    try:
+        paths = report.save_figure(fig, tmp_path, "real") + report.save_figure(fig, tmp_path, "real_again")
+    finally:
+        report.set_figure_credit(None)
+    assert [t.get_text() for t in fig.texts] == [terms.CREDITS["acdc"]]
+    assert all(p.stat().st_size > 0 for p in paths)
 
 
 def test_a_run_without_a_cross_domain_set_says_so_and_claims_nothing_about_vendor_shift(tmp_path):

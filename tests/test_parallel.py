@@ -18,6 +18,19 @@ def test_jobs_come_back_in_order_with_their_context(workers):
     assert {threads for _, threads in out} == {expected_threads}
 
 
+def _sleep(job):
+    import time
+
+    time.sleep(job)
+    return job
+
+
+def test_the_progress_bar_moves_when_each_job_finishes_not_when_all_have(capfd):
+    assert map_jobs(_sleep, [0, 4], 2, desc="naps") == [0, 4]
+    bar = capfd.readouterr().err
+    assert "1/2" in bar and "2/2" in bar
+
+
 def test_a_failing_job_is_named_and_stops_the_map():
     with pytest.raises(RuntimeError, match=r"squares: job 3 failed: three is refused"):
         map_jobs(_power, [1, 3, 2], 2, context=(2,), desc="squares")

@@ -1,6 +1,7 @@
 """The study runner and the notebooks: hygiene, failure report, skipping, and the smoke run of every notebook."""
 
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -111,6 +112,29 @@ def test_fingerprints_chain_changes_downstream(tmp_path):
     assert first.exists()
 
 
+@pytest.mark.parametrize("at_once", [3, 1])
+def test_the_arm_stages_run_at_once_each_on_its_share_of_the_cores(tmp_path, at_once):
+    folder = tmp_path / "nbs"
+    body = ("import json, os, time\nfrom pathlib import Path\nt0 = time.time(); time.sleep(3)\n"
+            "Path(run_dir, f'{arm}.json').write_text(json.dumps([t0, time.time(), os.environ.get('OMP_NUM_THREADS')]))")
+    notebook = make_notebook(folder, "20_arms", body)
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells[0].source += '\narm = "ddpm"'
+    nbformat.write(nb, notebook)
+    stages = study.discover_stages(folder)
+    assert [s.arm for s in stages] == registry.names()
+    record = study.run(REPO / "params/smoke.yaml", [f"executor.arm_stages={at_once}"], runs_dir=tmp_path / "runs",
+                       stages=stages, echo=lambda *_: None)
+    spans = {arm: json.loads((tmp_path / f"runs/smoke/{arm}.json").read_text()) for arm in registry.names()}
+    starts, ends = [s[0] for s in spans.values()], [s[1] for s in spans.values()]
+    overlap = max(starts) < min(ends)
+    assert overlap == (at_once > 1)
+    cores = len(os.sched_getaffinity(0))
+    assert {s[2] for s in spans.values()} == ({str(max(1, cores // 3))} if at_once > 1 else {os.environ.get("OMP_NUM_THREADS")})
+    assert all(e["status"] == "done" for e in record["stages"].values())
+    assert record["invocations"][-1]["complete"] and len(record["invocations"][-1]["stages_run"]) == 3
+
+
 def test_smoke_study_runs_every_notebook_then_skips_unchanged_stages(smoke_run):
     """The smoke run of all notebooks (the README's main command with params/smoke.yaml)."""
     record, run_dir, log = smoke_run
@@ -121,8 +145,14 @@ def test_smoke_study_runs_every_notebook_then_skips_unchanged_stages(smoke_run):
         entry = record["stages"][stage.name]
         assert entry["status"] == "done", stage.name
         assert entry["wall_s"] > 0 and entry["peak_rss_mb"] > 50
+        # the sum over the runner, the worker and the kernel is more than the kernel alone
+        assert entry["peak_rss_total_mb"] > entry["peak_rss_mb"]
         assert entry["notebook"] == stage.executed and (run_dir / stage.executed).exists()
     assert record["params_digest"] and record["versions"]["torch"]
+    first = record["invocations"][0]
+    assert first["complete"] and first["stages_run"] == [s.name for s in stages]
+    assert first["wall_s"] >= sum(e["wall_s"] for e in record["stages"].values())
+    assert first["peak_rss_total_mb"] >= max(e["peak_rss_total_mb"] for e in record["stages"].values())
     slices = SliceSet.load(run_dir / "data")
     assert len(slices) > 0 and (run_dir / "splits.json").exists()
     for fig in ("data_examples", "data_intensity_histograms"):
