@@ -55,23 +55,33 @@ def _failed(desc: str, job, exc: BaseException) -> RuntimeError:
     return RuntimeError(f"{desc}: job {job!r} failed: {exc}")
 
 
+def longest_first(jobs: list, cost: Callable | None) -> list[int]:
+    """The order jobs start in: by decreasing ``cost(job)`` (a job's expected duration, any unit), ties in their own
+    order; without ``cost``, their own order. Longest first keeps every worker busy to the end: a long job started
+    last would run alone while the others wait."""
+    order = list(range(len(jobs)))
+    return order if cost is None else sorted(order, key=lambda i: -cost(jobs[i]))
+
+
 def map_jobs(fn: Callable, jobs: Sequence, workers: int, context: tuple = (), desc: str = "jobs", *,
-             engine: str = "local", address: str | None = None) -> list:
-    """``[fn(*context, job) for job in jobs]``, in the order of ``jobs``, on ``engine`` (module docstring); with more
-    than one worker, ``fn`` must be a module-level function and ``context`` picklable. A job that fails stops the rest
-    (queued jobs are cancelled; what finished jobs wrote stays) and raises an error naming it."""
+             engine: str = "local", address: str | None = None, cost: Callable | None = None) -> list:
+    """``[fn(*context, job) for job in jobs]``, in the order of ``jobs``, on ``engine`` (module docstring), started in
+    the order of :func:`longest_first`; with more than one worker, ``fn`` must be a module-level function and
+    ``context`` picklable. A job that fails stops the rest (queued jobs are cancelled; what finished jobs wrote stays)
+    and raises an error naming it."""
     jobs = list(jobs)
     if engine not in ENGINES:
         raise ValueError(f"unknown executor engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    order = longest_first(jobs, cost)
     threads = max(1, torch.get_num_threads() // workers)
     if engine == "dask":
-        return _map_dask(fn, jobs, workers, context, desc, address, None if address else threads)
+        return _map_dask(fn, jobs, order, workers, context, desc, address, None if address else threads)
     if workers <= 1 or len(jobs) <= 1:
-        return [fn(*context, job) for job in tqdm(jobs, desc=desc, unit="job")]
+        return [fn(*context, job) for job in tqdm(jobs, desc=desc, unit="job")]  # one at a time: order is moot
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start, initargs=(fn, context, threads)) as pool, \
             tqdm(total=len(jobs), desc=f"{desc} ({workers} processes x {threads} threads)", unit="job") as bar:
-        futures = {pool.submit(_call, job): i for i, job in enumerate(jobs)}
+        futures = {pool.submit(_call, jobs[i]): i for i in order}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)  # the bar moves with every finished job
@@ -83,7 +93,7 @@ def map_jobs(fn: Callable, jobs: Sequence, workers: int, context: tuple = (), de
         return [future.result() for future in sorted(futures, key=futures.get)]
 
 
-def _map_dask(fn: Callable, jobs: list, workers: int, context: tuple, desc: str, address: str | None,
+def _map_dask(fn: Callable, jobs: list, order: list[int], workers: int, context: tuple, desc: str, address: str | None,
               threads: int | None) -> list:
     """The jobs on a Dask cluster: the one at ``address``, or a local one of ``workers`` single-task processes."""
     try:
@@ -96,7 +106,9 @@ def _map_dask(fn: Callable, jobs: list, workers: int, context: tuple, desc: str,
     client = Client(address or cluster)
     try:
         [shared] = client.scatter([context], broadcast=True)  # sent once to every worker, not once per job
-        futures = client.map(_dask_call, jobs, fn=fn, context=shared, threads=threads, pure=False)
+        started = {i: client.submit(_dask_call, jobs[i], fn=fn, context=shared, threads=threads, pure=False,
+                                    priority=len(order) - rank) for rank, i in enumerate(order)}  # higher runs first
+        futures = [started[i] for i in range(len(jobs))]
         index = {f.key: i for i, f in enumerate(futures)}
         where = address or f"a local cluster of {workers} processes x {threads} threads"
         with tqdm(total=len(jobs), desc=f"{desc} (Dask, {where})", unit="job") as bar:
@@ -113,4 +125,4 @@ def _map_dask(fn: Callable, jobs: list, workers: int, context: tuple, desc: str,
             cluster.close()
 
 
-__all__ = ["ENGINES", "map_jobs"]
+__all__ = ["ENGINES", "longest_first", "map_jobs"]

@@ -80,8 +80,8 @@ def white_box(params: StudyParams, model, positive: SliceSet, negative: SliceSet
 
 
 def trained(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, ref: privacy.Reference) -> pd.DataFrame:
-    """Train (or resume) the controls of ``privacy.controls.run``, ``privacy.controls.workers`` at once, and attack
-    them; one row per (control, arm, attack set, attack, unit), with what a sound attack should give (``expected``)
+    """Train (or resume) the controls of ``privacy.controls.run``, ``privacy.controls.workers`` at once (the longest
+    first), and attack them; one row per (control, arm, attack set, attack, unit), with what a sound attack should give (``expected``)
     and the training's epochs."""
     c = params.privacy.controls
     jobs = {}  # (control, arm) -> (training set, autoencoder's training set)
@@ -97,7 +97,7 @@ def trained(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict
             jobs["autoencoder-elsewhere", arm] = (ref.train, others)
     e = params.executor
     map_jobs(_train_control, [(*key, *sets) for key, sets in jobs.items()], c.workers, (params, paths), "privacy controls",
-             engine=e.engine, address=e.address)
+             engine=e.engine, address=e.address, cost=lambda job: _steps(params, job[1]))
     # each loaded as the attacks load every arm (its sampling weights)
     models = {(control, arm): generation.load_arm(params, paths, arm, replica=generation.Replica(control=control))[0]
               for control, arm in jobs}
@@ -126,6 +126,13 @@ def trained(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict
         rows += _rows("autoencoder-elsewhere", arm, "near 0.5: the autoencoder never saw the members",
                       [r for r in privacy.autoencoder_attack(params, ref, arm, model) if r["protocol"] == "ours"], members="members")
     return pd.DataFrame(rows)
+
+
+def _steps(params: StudyParams, arm: str) -> int:
+    """An arm's optimisation steps, its autoencoder's included: the controls' cost, so that the longest starts first
+    (the LDM's, of two trainings, else it starts after a DDPM's and runs alone at the end)."""
+    p = registry.get(arm).params(params)
+    return p.train.steps + (p.autoencoder.train.steps if registry.get(arm).autoencoder else 0)
 
 
 def _train_control(params: StudyParams, paths: RunPaths, job: tuple) -> None:

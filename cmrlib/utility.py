@@ -150,6 +150,51 @@ def plan(params: StudyParams, splits: dict, arms=None) -> list[Run]:
     return runs
 
 
+def step_runs(params: StudyParams, paths: RunPaths, splits: dict, arms=None) -> list[Run]:
+    """The runs of :func:`against_training_step`: real + synthetic at the fewest real patients (first seed) on the
+    synthetic subset of each kept checkpoint of each arm; none without real + synthetic."""
+    arms = registry.names() if arms is None else arms
+    if "real+synthetic" not in params.utility.regimes:
+        return []
+    n, seed = n_real_grid(params, splits)[0], params.utility.seeds[0]
+    return [Run("real+synthetic", arm, n, seed, step) for arm in arms for step in training.kept_checkpoints(paths.checkpoints / arm)]
+
+
+def budget_runs(params: StudyParams, splits: dict, arms=None) -> list[Run]:
+    """The runs of :func:`against_segmenter_budget`: real-only and real + synthetic of every arm at the fewest real
+    patients (first seed), at each fraction of ``utility.segmenter_budgets`` and at the whole budget (the latter
+    runs of :func:`plan`); none without budgets or either regime."""
+    arms = registry.names() if arms is None else arms
+    u = params.utility
+    kinds = ([("real", NO_ARM)] if "real" in u.regimes else []) + (
+        [("real+synthetic", a) for a in arms] if "real+synthetic" in u.regimes else [])
+    if not u.segmenter_budgets or not kinds:
+        return []
+    n, seed = n_real_grid(params, splits)[0], u.seeds[0]
+    return [Run(regime, arm, n, seed, budget=f, generators=generators_of(params, splits, n, seed) if regime != "real" else generation.PRIMARY)
+            for f in [*u.segmenter_budgets, None] for regime, arm in kinds]
+
+
+def mask_source_runs(params: StudyParams, splits: dict, arms=None) -> list[Run]:
+    """The runs of :func:`against_mask_source`: real-only at the fewest real patients (first seed), then real +
+    synthetic of every arm from the stage-1 masks and from each source of ``utility.mask_sources``; none without
+    sources or either regime (``all`` is left out when the stage-1 masks are the unfiltered draws)."""
+    arms = registry.names() if arms is None else arms
+    u = params.utility
+    sources = [m for m in u.mask_sources if not (m == "all" and params.generators.mask_filter == "all")]
+    if not sources or not {"real", "real+synthetic"} <= set(u.regimes):
+        return []
+    n, seed = n_real_grid(params, splits)[0], u.seeds[0]
+    return [Run("real", NO_ARM, n, seed)] + [Run("real+synthetic", arm, n, seed, masks=m) for arm in arms for m in [None, *sources]]
+
+
+def all_runs(params: StudyParams, paths: RunPaths, splits: dict, arms=None) -> list[Run]:
+    """Every run of the stage, once: those of :func:`plan` and of the three axes (a run two of them share, such as
+    real-only at the fewest patients, is one run)."""
+    return list(dict.fromkeys(plan(params, splits, arms) + step_runs(params, paths, splits, arms)
+                              + budget_runs(params, splits, arms) + mask_source_runs(params, splits, arms)))
+
+
 @dataclass
 class TrainingSet:
     images: np.ndarray  # (N, H, W) in [-1, 1]: the real slices first, then the synthetic ones
@@ -353,6 +398,21 @@ def _train_and_score_all(params: StudyParams, paths: RunPaths, slices: SliceSet,
                     desc, engine=e.engine, address=e.address)
 
 
+def _train(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, progress: bool, run: Run) -> None:
+    train_run(params, paths, slices, splits, run, progress)
+
+
+def train_all(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, arms=None) -> list[Run]:
+    """Train (or resume) every run of :func:`all_runs` in one pool of ``utility.workers``, the longest budgets first,
+    so that no worker idles at the end of each axis while the last run of a short list trains alone; the grid and
+    the axes then load them. Returns the runs."""
+    runs = all_runs(params, paths, splits, arms)
+    workers, e = params.utility.workers, params.executor
+    map_jobs(_train, runs, workers, (params, paths, slices, splits, workers == 1 and e.engine == "local"),
+             "utility trainings", engine=e.engine, address=e.address, cost=lambda run: run.budget or 1.0)
+    return runs
+
+
 def run_all(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, arms=None) -> Results:
     """Train (or load) every run of :func:`plan` and score it on every evaluation set, ``utility.workers`` runs at
     once (:func:`cmrlib.parallel.map_jobs`). The per-patient in-domain test Dice of real + synthetic at the fewest real
@@ -389,8 +449,7 @@ def against_training_step(params: StudyParams, paths: RunPaths, slices: SliceSet
         claims.save_units(paths, "utility_steps", [])  # no stale units of an earlier run
         return pd.DataFrame()
     n, seed = n_real_grid(params, splits)[0], u.seeds[0]
-    runs = [Run("real+synthetic", arm, n, seed, step) for arm in arms
-            for step in training.kept_checkpoints(paths.checkpoints / arm)]
+    runs = step_runs(params, paths, splits, arms)
     done = _train_and_score_all(params, paths, slices, splits, runs, _split_rows(slices, ["test"]),
                                 "utility against training step")
     out, units = [], []
@@ -416,15 +475,11 @@ def against_segmenter_budget(params: StudyParams, paths: RunPaths, slices: Slice
     loaded). In-domain test mean foreground Dice per patient, and real + synthetic minus real-only at the same
     budget on the same patients, each with its bootstrap interval. One row per (regime, arm, budget) of the two
     regimes in ``utility.regimes`` (the delta needs both); empty without budgets or either regime."""
-    arms = registry.names() if arms is None else arms
     u = params.utility
-    kinds = ([("real", NO_ARM)] if "real" in u.regimes else []) + (
-        [("real+synthetic", a) for a in arms] if "real+synthetic" in u.regimes else [])
-    if not u.segmenter_budgets or not kinds:
+    runs = budget_runs(params, splits, arms)
+    if not runs:
         return pd.DataFrame()
     n, seed = n_real_grid(params, splits)[0], u.seeds[0]
-    runs = [Run(regime, arm, n, seed, budget=f, generators=generators_of(params, splits, n, seed) if regime != "real" else generation.PRIMARY)
-            for f in [*u.segmenter_budgets, None] for regime, arm in kinds]
     done = _train_and_score_all(params, paths, slices, splits, runs, _split_rows(slices, ["test"]),
                                 "utility against segmenter budget")
     dice = {run: per_patient(d["volumes"][0]).set_index("patient")["dice_mean"] for run, d in zip(runs, done)}
@@ -455,14 +510,12 @@ def against_mask_source(params: StudyParams, paths: RunPaths, slices: SliceSet, 
     patient and its difference from real-only, each with its bootstrap interval; one row per (arm, source). Empty
     without sources, or without both regimes in ``utility.regimes``; ``all`` is skipped when the stage-1 masks were
     not filtered (they are the unfiltered draws)."""
-    arms = registry.names() if arms is None else arms
     u = params.utility
-    sources = [m for m in u.mask_sources if not (m == "all" and params.generators.mask_filter == "all")]
-    if not sources or not {"real", "real+synthetic"} <= set(u.regimes):
+    runs = mask_source_runs(params, splits, arms)
+    if not runs:
         return pd.DataFrame()
     n, seed = n_real_grid(params, splits)[0], u.seeds[0]
-    base_run = Run("real", NO_ARM, n, seed)
-    runs = [base_run] + [Run("real+synthetic", arm, n, seed, masks=m) for arm in arms for m in [None, *sources]]
+    base_run = runs[0]
     done = _train_and_score_all(params, paths, slices, splits, runs, _split_rows(slices, ["test"]), "utility against mask source")
     dice = {run: per_patient(d["volumes"][0]).set_index("patient")["dice_mean"] for run, d in zip(runs, done)}
     boot = lambda values, what: bootstrap_mean(values, None, n_boot=u.bootstrap, level=u.confidence,
@@ -658,7 +711,7 @@ def save(params: StudyParams, paths: RunPaths, results: Results, table: pd.DataF
     return write_json(paths.metrics / "utility.json", record)
 
 
-__all__ = ["STAGE", "REGIMES", "STRUCTURES", "SUMMARY_KEYS", "Run", "TrainingSet", "Results", "n_real_grid", "plan",
+__all__ = ["STAGE", "REGIMES", "STRUCTURES", "SUMMARY_KEYS", "Run", "TrainingSet", "Results", "n_real_grid", "plan", "step_runs", "budget_runs", "mask_source_runs", "all_runs", "train_all",
            "real_patients", "training_set", "build_segmenter", "train_config", "train_run", "pixel_spacing_mm", "eval_sets",
            "score_slices", "score_volumes", "per_patient", "run_all", "against_training_step",
            "against_segmenter_budget", "against_mask_source", "summary", "dice_table", "delta_table", "examples", "save"]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cmrlib.parallel import map_jobs
+from cmrlib.parallel import longest_first, map_jobs
 
 
 def _power(exponent, job):
@@ -29,6 +29,29 @@ def test_the_progress_bar_moves_when_each_job_finishes_not_when_all_have(capfd):
     assert map_jobs(_sleep, [0, 4], 2, desc="naps") == [0, 4]
     bar = capfd.readouterr().err
     assert "1/2" in bar and "2/2" in bar
+
+
+def test_jobs_start_longest_first_and_ties_keep_their_order():
+    assert longest_first([1, 3, 2, 3], cost=lambda job: job) == [1, 3, 2, 0]
+    assert longest_first([1, 3, 2], cost=None) == [0, 1, 2]
+
+
+def _nap_from(seconds):
+    import time
+
+    start = time.time()
+    time.sleep(seconds)
+    return seconds, start
+
+
+@pytest.mark.parametrize("engine", ["local", "dask"])
+def test_the_longest_job_starts_in_the_first_wave_and_results_keep_the_jobs_order(engine):
+    if engine == "dask":
+        pytest.importorskip("distributed")
+    out = map_jobs(_nap_from, [1, 1, 3], 2, desc="naps", engine=engine, cost=lambda seconds: seconds)
+    assert [seconds for seconds, _ in out] == [1, 1, 3]
+    (_, short_a), (_, short_b), (_, long) = out
+    assert long < max(short_a, short_b) - 0.5  # it did not wait for a short one to end: the makespan is 3 s, not 4
 
 
 def test_a_failing_job_is_named_and_stops_the_map():

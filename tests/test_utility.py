@@ -299,6 +299,18 @@ def test_the_segmenter_budget_axis_trains_each_fraction_with_its_own_schedule(ti
     assert utility.against_training_step(real_only, paths, slices, splits, arms=("ddpm",)).empty
 
 
+def test_every_run_of_the_stage_is_planned_once_for_the_one_pool(tiny_run):
+    p, paths, slices, splits = tiny_run
+    p = p.model_copy(update={"utility": p.utility.model_copy(update={"segmenter_budgets": [0.5], "mask_sources": ["oracle"]})})
+    parts = [utility.plan(p, splits, ["ddpm"]), utility.step_runs(p, paths, splits, ["ddpm"]),
+             utility.budget_runs(p, splits, ["ddpm"]), utility.mask_source_runs(p, splits, ["ddpm"])]
+    runs = utility.all_runs(p, paths, splits, ["ddpm"])
+    assert len(runs) == len(set(runs)) and set(runs) == set().union(*parts)
+    assert [r.name for r in runs[len(parts[0]):]] == ["real_none_n2_seed0_budget0.5", "real+synthetic_ddpm_n2_seed0_budget0.5",
+                                                      "real+synthetic_ddpm_n2_seed0_masks-oracle"]  # the rest: runs of the grid
+    assert not parts[1]  # no generator checkpoints in this run: no steps axis
+
+
 def test_each_segmenter_seed_trains_on_its_generator_seed_and_same_uses_the_fewest_patients_own_generators():
     splits = {"sets": {"train": [f"p{i}" for i in range(6)]}}
     p = params_mod.load(params_mod.project_root() / "params/default.yaml",
