@@ -10,7 +10,8 @@ Reads ``metrics/fidelity.json``, ``metrics/utility.json`` and ``metrics/privacy.
 - ``paper/paper.md`` and ``paper/main.tex``: the manuscript, rendered from one list of blocks whose numbers all come
   from the numbers file (methods from the run's params, results from the metrics).
 
-With ``paper.publish_dir`` set (the default run: ``paper/`` of the repository) the folder is copied there.
+With ``paper.publish_dir`` set (the default run: ``paper/`` of the repository) the runner copies the folder there
+once every stage is done (:func:`cmrlib.study.publish`).
 
 Verdicts on claims come from paired differences between arms on the same units (:mod:`cmrlib.claims`); the trade-off
 table shows each arm's own estimate and interval beside them.
@@ -33,7 +34,7 @@ from .claims import fraction
 from .data import terms
 from .data.preprocess import pixel_size_mm
 from .jsonio import write_json
-from .params import StudyParams, resolve_path
+from .params import StudyParams
 from .privacy import REFERENCE_TEST_SHARE
 from .stats import format_interval
 from .paths import RunPaths
@@ -601,15 +602,6 @@ def copy_run_figures(paths: RunPaths, names=RUN_FIGURES) -> list[Path]:
     return out
 
 
-def publish(params: StudyParams, folder: Path) -> Path | None:
-    """Copy the run's paper folder to ``paper.publish_dir`` (keeping files there that the run does not write)."""
-    if params.paper.publish_dir is None:
-        return None
-    target = resolve_path(params.paper.publish_dir)
-    shutil.copytree(folder, target, dirs_exist_ok=True)
-    return target
-
-
 __all__ = ["STAGE", "AXES", "load_results", "trade_off", "budget_curves",
            "numbers", "save_numbers", "blocks", "render_markdown", "render_latex", "write_manuscript", "table_view",
-           "copy_run_figures", "publish", "mask_sources", "conditioning_ablation"]
+           "copy_run_figures", "mask_sources", "conditioning_ablation"]

@@ -20,6 +20,8 @@ images released as the synthetic set: every member must be found). The controls 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -79,52 +81,75 @@ def white_box(params: StudyParams, model, positive: SliceSet, negative: SliceSet
     return rows
 
 
-def trained(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, ref: privacy.Reference) -> pd.DataFrame:
-    """Train (or resume) the controls of ``privacy.controls.run``, ``privacy.controls.workers`` at once (the longest
-    first), and attack them; one row per (control, arm, attack set, attack, unit), with what a sound attack should give (``expected``)
-    and the training's epochs."""
+@dataclass
+class _Control:
+    """One control that trains a copy of an arm: the copy of ``arm`` that ``name`` trains (on ``train``; its autoencoder on
+    ``autoencoder_train`` when given) and the rows it gives once trained (``attack(model)``); ``train`` None: the
+    control does not apply to the run, and ``attack(None)`` says why."""
+
+    name: str
+    arm: str
+    train: SliceSet | None
+    autoencoder_train: SliceSet | None
+    attack: Callable[[object], list[dict]]
+
+
+def _controls(params: StudyParams, slices: SliceSet, splits: dict, ref: privacy.Reference) -> list[_Control]:
+    """The controls of ``privacy.controls.run`` that apply to this run (``no-signature``: phantom runs only)."""
     c = params.privacy.controls
-    jobs = {}  # (control, arm) -> (training set, autoencoder's training set)
+    out = []
     if "canary" in c.run:
         chosen = canaries(params, ref.train)
-        jobs["canary", c.arm] = (with_canaries(params, ref.train, chosen), None)
+        is_canary = ref.train.meta["patient"].isin(chosen).to_numpy()
+        n_seen = len(ref.train) + (c.canary_repeats - 1) * int(is_canary.sum())
+
+        def canary_rows(model) -> list[dict]:
+            rows = []
+            for members, keep, expected in (("canaries", is_canary, "found: AUC above 0.5"),
+                                            ("other members", ~is_canary, "above 0.5 if the attack finds members seen once per epoch")):
+                rows += _rows("canary", c.arm, expected, white_box(params, model, ref.train.select(keep), ref.holdout,
+                                                                   f"{c.arm}/control-canary/{members}"),
+                              members=members, epochs=privacy.epochs(params, c.arm, n_seen))
+            return rows
+
+        out.append(_Control("canary", c.arm, with_canaries(params, ref.train, chosen), None, canary_rows))
     plain = without_signature(params, splits) if "no-signature" in c.run else None
+    if "no-signature" in c.run and plain is None:
+        out.append(_Control("no-signature", c.arm, None, None, lambda _: [{"control": "no-signature", "arm": c.arm, "expected": NOT_PHANTOM}]))
     if plain is not None:
-        jobs["no-signature", c.arm] = (plain.split("train"), None)
+        train, holdout = plain.split("train"), plain.split("holdout")
+        out.append(_Control("no-signature", c.arm, train, None, lambda model: _rows(
+            "no-signature", c.arm, "near 0.5 if the attack found the signature alone (a patient is then its anatomy and its noise)",
+            white_box(params, model, train, holdout, f"{c.arm}/control-no-signature"),
+            members="members", epochs=privacy.epochs(params, c.arm, len(train)))))
     if "autoencoder-elsewhere" in c.run:
         others = slices.select(slices.meta["split"].isin(["val", "test"]).to_numpy())
         for arm in [a for a in registry.names() if registry.get(a).autoencoder]:
-            jobs["autoencoder-elsewhere", arm] = (ref.train, others)
-    e = params.executor
-    map_jobs(_train_control, [(*key, *sets) for key, sets in jobs.items()], c.workers, (params, paths), "privacy controls",
-             engine=e.engine, address=e.address, cost=lambda job: _steps(params, job[1]))
-    # each loaded as the attacks load every arm (its sampling weights)
-    models = {(control, arm): generation.load_arm(params, paths, arm, replica=generation.Replica(control=control))[0]
-              for control, arm in jobs}
+            def elsewhere_rows(model, arm=arm) -> list[dict]:
+                return (_rows("autoencoder-elsewhere", arm, "the arm's own attack without the autoencoder's share",
+                              white_box(params, model, ref.train, ref.holdout, f"{arm}/control-autoencoder-elsewhere"),
+                              members="members", epochs=privacy.epochs(params, arm, len(ref.train)))
+                        + _rows("autoencoder-elsewhere", arm, "near 0.5: the autoencoder never saw the members",
+                                [r for r in privacy.autoencoder_attack(params, ref, arm, model) if r["protocol"] == "ours"],
+                                members="members"))
+
+            out.append(_Control("autoencoder-elsewhere", arm, ref.train, others, elsewhere_rows))
+    return out
+
+
+def trained(params: StudyParams, paths: RunPaths, slices: SliceSet, splits: dict, ref: privacy.Reference) -> pd.DataFrame:
+    """Train (or resume) the controls of ``privacy.controls.run``, ``privacy.controls.workers`` at once (the longest
+    first), and attack them; one row per (control, arm, attack set, attack, unit), with what a sound attack should give
+    (``expected``) and the training's epochs."""
+    c, e = params.privacy.controls, params.executor
+    controls = _controls(params, slices, splits, ref)
+    map_jobs(_train_control, [(k.name, k.arm, k.train, k.autoencoder_train) for k in controls if k.train is not None],
+             c.workers, (params, paths), "privacy controls", engine=e.engine, address=e.address,
+             cost=lambda job: _steps(params, job[1]))
     rows = []
-    if "canary" in c.run:
-        model = models["canary", c.arm]
-        is_canary = ref.train.meta["patient"].isin(chosen).to_numpy()
-        for members, expected in (("canaries", "found: AUC above 0.5"), ("other members", "above 0.5 if the attack finds members seen once per epoch")):
-            subset = ref.train.select(is_canary if members == "canaries" else ~is_canary)
-            rows += _rows("canary", c.arm, expected, white_box(params, model, subset, ref.holdout, f"{c.arm}/control-canary/{members}"),
-                          members=members, epochs=privacy.epochs(params, c.arm, len(ref.train) + (c.canary_repeats - 1) * int(is_canary.sum())))
-    if "no-signature" in c.run:
-        if plain is None:
-            rows.append({"control": "no-signature", "arm": c.arm, "expected": NOT_PHANTOM})
-        else:
-            train, holdout = plain.split("train"), plain.split("holdout")
-            rows += _rows("no-signature", c.arm, "near 0.5 if the attack found the signature alone (a patient is then its anatomy and its noise)",
-                          white_box(params, models["no-signature", c.arm], train, holdout, f"{c.arm}/control-no-signature"),
-                          members="members", epochs=privacy.epochs(params, c.arm, len(train)))
-    for (control, arm), model in models.items():
-        if control != "autoencoder-elsewhere":
-            continue
-        expected = "the arm's own attack without the autoencoder's share"
-        rows += _rows("autoencoder-elsewhere", arm, expected, white_box(params, model, ref.train, ref.holdout, f"{arm}/control-autoencoder-elsewhere"),
-                      members="members", epochs=privacy.epochs(params, arm, len(ref.train)))
-        rows += _rows("autoencoder-elsewhere", arm, "near 0.5: the autoencoder never saw the members",
-                      [r for r in privacy.autoencoder_attack(params, ref, arm, model) if r["protocol"] == "ours"], members="members")
+    for k in controls:  # each trained one loaded as the attacks load every arm (its sampling weights)
+        model = None if k.train is None else generation.load_arm(params, paths, k.arm, replica=generation.Replica(control=k.name))[0]
+        rows += k.attack(model)
     return pd.DataFrame(rows)
 
 

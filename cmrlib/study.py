@@ -8,18 +8,22 @@ stages ``20_generator[ddpm]``, ... (``--only 20_generator`` selects them all). E
 ``runs/<run>/notebooks/`` (``20_generator_<arm>.ipynb`` for an arm's stage). ``runs/<run>/run.json`` records versions, the git
 commit, the params digest, per stage its status, wall time, the kernel's peak memory and the peak of all the run's
 processes together, and per invocation (``invocations``) its end-to-end wall time, the stages it ran, that peak,
-and whether the run was complete at its end. A stage is skipped
-when its fingerprint (params, notebook, cmrlib version and source, and the previous stage's fingerprint) is the
-one recorded and its outputs exist and load (a truncated checkpoint is not "done"), unless ``--force``. While a
+and whether the run was complete at its end. A stage is skipped when its fingerprint (params, notebook, cmrlib
+version, the source of the cmrlib modules the notebook runs, and the previous stage's fingerprint) is the one
+recorded and its outputs exist and load (a truncated checkpoint is not "done"), unless ``--force``. While a
 notebook runs, its own output (each training's and sampler's progress bar) streams to the terminal. The runner
 stops at the first failing notebook and names it, the failing cell and the error; Ctrl-C stops the stage, records it
-as interrupted, and says that a rerun resumes. A run with ``paper.publish_dir`` (the default) publishes its executed
-notebooks beside its paper once every stage is done (``paper/notebooks/``).
+as interrupted, and says that a rerun resumes. A run with ``paper.publish_dir`` (the default) publishes its paper and
+its executed notebooks there once every stage is done (``paper/``, ``paper/notebooks/``); ``publish`` does it for any
+finished run:
+
+    python -m cmrlib.study publish runs/acdc_shared --to paper/acdc
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import importlib.metadata
 import json
@@ -27,6 +31,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -115,19 +120,65 @@ def _sha(*parts: bytes | str) -> str:
     return h.hexdigest()[:16]
 
 
-def source_digest() -> str:
-    """A hash of cmrlib's source, so that a code change re-runs the stages."""
+def _package_modules() -> dict[str, Path]:
+    """Every module of cmrlib, dotted name -> file (a package's name for its ``__init__.py``)."""
     package = Path(__file__).resolve().parent
-    files = sorted(package.rglob("*.py"))
-    return _sha(*(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes() for f in files))
+    out = {}
+    for f in sorted(package.rglob("*.py")):
+        parts = list(f.relative_to(package.parent).with_suffix("").parts)
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    return out
+
+
+def _imported(source: str, module: str, is_package: bool, modules: dict[str, Path]) -> set[str]:
+    """The cmrlib modules that ``source`` (of ``module``) imports, anywhere in it (functions' imports included)."""
+    here = module.split(".") if is_package else module.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            relative = here[: len(here) - node.level + 1] + ([node.module] if node.module else [])
+            name = ".".join(relative) if node.level else node.module or ""
+            found |= {name} | {f"{name}.{a.name}" for a in node.names}
+    return found & set(modules)
+
+
+def stage_modules(notebook: Path) -> list[str]:
+    """The cmrlib modules a notebook's code runs: those its cells import, what they import in turn, and the packages
+    that hold them; sorted."""
+    modules = _package_modules()
+    cells = json.loads(notebook.read_text()).get("cells", [])
+    code = "\n".join("".join(c.get("source", "")) for c in cells if c.get("cell_type") == "code")
+    code = "\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!")))  # IPython magics
+    todo, seen = list(_imported(code, "", False, modules)), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        todo += _imported(modules[name].read_text(), name, modules[name].name == "__init__.py", modules)
+    return sorted(seen)
+
+
+def source_digest(modules: Sequence[str]) -> str:
+    """A hash of the source of cmrlib's ``modules``, so that a change to the code a stage runs re-runs it."""
+    files = _package_modules()
+    return _sha(*(name.encode() + b"\0" + files[name].read_bytes() for name in sorted(modules)))
 
 
 def fingerprints(stages: list[Stage], params: params_mod.StudyParams) -> dict[str, str]:
-    """Each stage's fingerprint, chained so that a change upstream re-runs everything after it."""
-    out, previous = {}, ""
-    base = _sha(params.digest(), __version__, source_digest())
+    """Each stage's fingerprint: the params, cmrlib's version, the notebook, the source of the modules it runs
+    (:func:`stage_modules`: a change to the paper's code re-runs the paper alone) and the previous stage's
+    fingerprint, chained so that a change upstream re-runs everything after it."""
+    out, previous, sources = {}, "", {}
+    base = _sha(params.digest(), __version__)
     for stage in stages:
-        previous = out[stage.name] = _sha(base, stage.name, stage.notebook.read_bytes(), previous)
+        if stage.notebook not in sources:
+            sources[stage.notebook] = source_digest(stage_modules(stage.notebook))
+        previous = out[stage.name] = _sha(base, stage.name, stage.notebook.read_bytes(), sources[stage.notebook], previous)
     return out
 
 
@@ -273,16 +324,14 @@ def execute_stage(stage: Stage, paths: RunPaths, kernel: str = KERNEL, *, force:
 
 def execute_stages(stages: Sequence[Stage], paths: RunPaths, kernel: str = KERNEL, *, force: bool = False) -> list[dict | StageFailed]:
     """Run several independent notebooks at once, each kernel on the machine's cores divided among them (at least
-    one thread); returns each stage's result, or its StageFailed, once all have ended. Ctrl-C stops them all."""
-    if len(stages) == 1:
-        try:
-            return [execute_stage(stages[0], paths, kernel, force=force)]
-        except StageFailed as exc:
-            return [exc]
-    threads = max(1, len(os.sched_getaffinity(0)) // len(stages))
-    running = [_start(stage, paths, kernel, force, threads) for stage in stages]
+    one thread; one stage alone keeps them all); returns each stage's result, or its StageFailed, once all have
+    ended. Ctrl-C stops them all."""
+    threads = None if len(stages) == 1 else max(1, len(os.sched_getaffinity(0)) // len(stages))
+    running: list[_Running] = []
     out: list[dict | StageFailed] = []
     try:
+        for stage in stages:
+            running.append(_start(stage, paths, kernel, force, threads))
         for r in running:
             try:
                 out.append(_finish(r))
@@ -410,10 +459,9 @@ def run(
     total = sum(s.get("wall_s", 0.0) for s in record["stages"].values())
     echo(f"study {params.run_name}: finished in {invocation['wall_s']:.0f} s end to end (stage wall time in total "
          f"{total:.1f} s; peak memory of all processes together {memory.peak_mb:.0f} MB); record in {paths.run_json}")
-    if invocation["complete"]:
-        published = publish_notebooks(params, paths)
-        if published:
-            echo(f"study {params.run_name}: executed notebooks published to {published}")
+    if invocation["complete"] and params.paper.publish_dir is not None:
+        target = publish(paths, params_mod.resolve_path(params.paper.publish_dir))
+        echo(f"study {params.run_name}: paper and executed notebooks published to {target}")
     return record
 
 
@@ -498,26 +546,41 @@ def _run_stages(selected, stages, params, paths, record, fps, kernel, force, che
             preflight.check(params, _run_counts(paths), done=f"{DATA_STAGE} ran; its outputs are kept", stages=checked)
 
 
-def publish_notebooks(params: params_mod.StudyParams, paths: RunPaths) -> Path | None:
-    """With ``paper.publish_dir`` set (the default run), copy the run's executed notebooks, with their outputs, to
-    ``<publish_dir>/notebooks/`` so that a reader of the repository sees them without running anything (the
-    repository's own path in them made relative); a set above :data:`PUBLISHED_NOTEBOOKS_MB` is not copied."""
-    if params.paper.publish_dir is None:
-        return None
+def publish(paths: RunPaths, target: Path) -> Path:
+    """Copy a finished run's paper and executed notebooks to ``target``: ``paper/`` of the run into it (files there
+    that the run does not write, such as a README, stay) and the notebooks, with their outputs, into
+    ``target/notebooks/`` (the repository's own path in them made relative, stale ones removed), so that a reader
+    sees them without running anything; notebooks above :data:`PUBLISHED_NOTEBOOKS_MB` in all are left out with a
+    warning. What a complete run with ``paper.publish_dir`` does at its end, and ``python -m cmrlib.study publish``."""
+    target = Path(target)
+    shutil.copytree(paths.paper, target, dirs_exist_ok=True)
     files = sorted(paths.notebooks.glob("*.ipynb"))
     size_mb = sum(f.stat().st_size for f in files) / 2**20
     if size_mb > PUBLISHED_NOTEBOOKS_MB:
         print(f"warning: the executed notebooks ({size_mb:.1f} MB) exceed {PUBLISHED_NOTEBOOKS_MB} MB and are not "
               f"published; they stay in {paths.notebooks}", file=sys.stderr)
-        return None
-    target = params_mod.resolve_path(params.paper.publish_dir) / "notebooks"
-    target.mkdir(parents=True, exist_ok=True)
-    for stale in set(target.glob("*.ipynb")) - {target / f.name for f in files}:
+        return target
+    notebooks = target / "notebooks"
+    notebooks.mkdir(parents=True, exist_ok=True)
+    for stale in set(notebooks.glob("*.ipynb")) - {notebooks / f.name for f in files}:
         stale.unlink()
     root = f"{project_root()}/"
     for f in files:
-        (target / f.name).write_text(f.read_text().replace(root, ""))
+        (notebooks / f.name).write_text(f.read_text().replace(root, ""))
     return target
+
+
+def publish_run(run_dir: str | Path, target: str | Path) -> Path:
+    """:func:`publish` for a run folder, refused unless its last invocation ended with every stage done."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.run_json.exists():
+        raise StageFailed(f"{paths.run_json} does not exist: {run_dir} is not a study run folder")
+    record = json.loads(paths.run_json.read_text())
+    undone = [name for name, stage in record.get("stages", {}).items() if stage.get("status") != "done"]
+    if undone or not record.get("invocations", [{}])[-1].get("complete"):
+        why = f"not done: {', '.join(undone)}" if undone else "its last invocation ended before every stage was done"
+        raise StageFailed(f"{run_dir} is not complete ({why}); finish it with the same run command first")
+    return publish(paths, Path(target))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -531,7 +594,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a params key (repeatable)")
     p.add_argument("--runs-dir", help="folder for run folders (default: $CMRLIB_RUNS_DIR or <repository>/runs)")
     p.add_argument("--kernel", default=KERNEL, help=f"Jupyter kernel that runs the notebooks (default {KERNEL})")
+    q = sub.add_parser("publish", help="copy a finished run's paper and executed notebooks to a folder")
+    q.add_argument("run_dir", help="the run folder, e.g. runs/acdc_shared")
+    q.add_argument("--to", required=True, metavar="DIR", help="where to copy them, e.g. paper/acdc")
     args = parser.parse_args(argv)
+    if args.command == "publish":
+        try:
+            print(f"published to {publish_run(args.run_dir, args.to)}")
+        except StageFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         run(args.params, args.overrides, only=args.only, start=args.start, force=args.force, runs_dir=args.runs_dir, kernel=args.kernel)
     except StudyInterrupted as exc:

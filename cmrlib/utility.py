@@ -189,10 +189,14 @@ def mask_source_runs(params: StudyParams, splits: dict, arms=None) -> list[Run]:
 
 
 def all_runs(params: StudyParams, paths: RunPaths, splits: dict, arms=None) -> list[Run]:
-    """Every run of the stage, once: those of :func:`plan` and of the three axes (a run two of them share, such as
-    real-only at the fewest patients, is one run)."""
-    return list(dict.fromkeys(plan(params, splits, arms) + step_runs(params, paths, splits, arms)
-                              + budget_runs(params, splits, arms) + mask_source_runs(params, splits, arms)))
+    """Every run of the stage, once by its checkpoint folder: those of :func:`plan` and of the three axes (a run two
+    of them share, such as real-only at the fewest patients, is one run, and no two jobs train one folder)."""
+    runs = (plan(params, splits, arms) + step_runs(params, paths, splits, arms) + budget_runs(params, splits, arms)
+            + mask_source_runs(params, splits, arms))
+    by_name: dict[str, Run] = {}
+    for run in runs:
+        by_name.setdefault(run.name, run)
+    return list(by_name.values())
 
 
 @dataclass
@@ -711,7 +715,8 @@ def save(params: StudyParams, paths: RunPaths, results: Results, table: pd.DataF
     return write_json(paths.metrics / "utility.json", record)
 
 
-__all__ = ["STAGE", "REGIMES", "STRUCTURES", "SUMMARY_KEYS", "Run", "TrainingSet", "Results", "n_real_grid", "plan", "step_runs", "budget_runs", "mask_source_runs", "all_runs", "train_all",
-           "real_patients", "training_set", "build_segmenter", "train_config", "train_run", "pixel_spacing_mm", "eval_sets",
+__all__ = ["STAGE", "REGIMES", "STRUCTURES", "SUMMARY_KEYS", "Run", "TrainingSet", "Results", "n_real_grid", "plan",
+           "step_runs", "budget_runs", "mask_source_runs", "all_runs", "train_all", "real_patients", "training_set",
+           "build_segmenter", "train_config", "train_run", "pixel_spacing_mm", "eval_sets",
            "score_slices", "score_volumes", "per_patient", "run_all", "against_training_step",
            "against_segmenter_budget", "against_mask_source", "summary", "dice_table", "delta_table", "examples", "save"]

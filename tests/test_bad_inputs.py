@@ -253,7 +253,7 @@ def test_ctrl_c_is_one_line_and_the_stage_is_recorded_as_interrupted(tmp_path, m
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(study, "execute_stage", interrupted)
+    monkeypatch.setattr(study, "_start", interrupted)
     assert study.main(["run", str(REPO / "params/smoke.yaml"), "--runs-dir", str(tmp_path / "runs")]) == 130
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "interrupted in stage 00_ok" in err and "again to resume" in err

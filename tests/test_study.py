@@ -71,10 +71,10 @@ def test_a_notebooks_progress_streams_to_the_terminal_while_it_runs(tmp_path, ca
     assert "training: 100%" in err and "3/3" in err
 
 
-def test_a_publishing_run_copies_its_executed_notebooks_with_repository_paths_relative(tmp_path):
+def test_a_publishing_run_copies_its_paper_and_executed_notebooks_with_repository_paths_relative(tmp_path, capsys):
     folder = tmp_path / "nbs"
     make_notebook(folder, "00_one", "from cmrlib.paths import project_root\nprint(project_root() / 'paper')")
-    make_notebook(folder, "10_two", "print('second')")
+    make_notebook(folder, "10_two", "from pathlib import Path\n(Path(run_dir) / 'paper' / 'paper.md').write_text('the paper')")
     publish = tmp_path / "pub"
     (publish / "notebooks").mkdir(parents=True)
     (publish / "notebooks" / "05_gone.ipynb").write_text("{}")  # a stage the run no longer has
@@ -82,12 +82,18 @@ def test_a_publishing_run_copies_its_executed_notebooks_with_repository_paths_re
     study.run(REPO / "params/smoke.yaml", [f"paper.publish_dir={publish}"], runs_dir=tmp_path / "runs", stages=stages,
               only=["00_one"], echo=lambda *_: None)
     assert not (publish / "notebooks" / "00_one.ipynb").exists()  # not every stage done yet
+    run_dir, elsewhere = tmp_path / "runs" / "smoke", tmp_path / "elsewhere"
+    assert study.main(["publish", str(run_dir), "--to", str(elsewhere)]) == 1 and not elsewhere.exists()
+    assert "is not complete (its last invocation ended before every stage was done)" in capsys.readouterr().err
     study.run(REPO / "params/smoke.yaml", [f"paper.publish_dir={publish}"], runs_dir=tmp_path / "runs", stages=stages, echo=lambda *_: None)
     assert sorted(p.name for p in (publish / "notebooks").iterdir()) == ["00_one.ipynb", "10_two.ipynb"]
     text = (publish / "notebooks" / "00_one.ipynb").read_text()
     nb = nbformat.reads(text, as_version=4)
     assert any("paper" in "".join(o.get("text", "")) for c in nb.cells for o in c.get("outputs", []))
     assert str(REPO) not in text
+    assert (publish / "paper.md").read_text() == "the paper"  # the run's paper beside its notebooks
+    assert study.main(["publish", str(run_dir), "--to", str(elsewhere)]) == 0
+    assert (elsewhere / "paper.md").exists() and sorted(p.name for p in (elsewhere / "notebooks").iterdir()) == ["00_one.ipynb", "10_two.ipynb"]
 
 
 def test_unknown_stage_is_an_error():
@@ -110,6 +116,33 @@ def test_fingerprints_chain_changes_downstream(tmp_path):
     assert after["00_a"] != before["00_a"] and after["10_b"] != before["10_b"]
     assert study.fingerprints(stages, params.load(REPO / "params/smoke.yaml", ["seed=1"]))["00_a"] != before["00_a"]
     assert first.exists()
+
+
+def test_a_stage_reruns_for_the_code_it_runs_and_not_for_other_code(tmp_path, monkeypatch):
+    from cmrlib import params
+
+    package = tmp_path / "cmrlib"
+    (package / "sub").mkdir(parents=True)
+    files = {"cmrlib": package / "__init__.py", "cmrlib.a": package / "a.py", "cmrlib.sub.b": package / "sub" / "b.py",
+             "cmrlib.sub": package / "sub" / "__init__.py", "cmrlib.c": package / "c.py"}
+    for name, text in {"cmrlib": "", "cmrlib.a": "def f():\n    from .sub import b\n", "cmrlib.sub.b": "B = 1\n",
+                       "cmrlib.sub": "", "cmrlib.c": "import cmrlib.sub\n"}.items():
+        files[name].write_text(text)
+    monkeypatch.setattr(study, "_package_modules", lambda: files)
+    folder = tmp_path / "nbs"
+    make_notebook(folder, "00_a", "%matplotlib inline\nfrom cmrlib import a")
+    make_notebook(folder, "10_c", "import numpy\nfrom cmrlib.c import *")
+    stages = study.discover_stages(folder)
+    assert study.stage_modules(stages[0].notebook) == ["cmrlib", "cmrlib.a", "cmrlib.sub", "cmrlib.sub.b"]
+    assert study.stage_modules(stages[1].notebook) == ["cmrlib", "cmrlib.c", "cmrlib.sub"]
+    p = params.load(REPO / "params/smoke.yaml")
+    before = study.fingerprints(stages, p)
+    files["cmrlib.c"].write_text("import cmrlib.sub\nC = 2\n")
+    after_c = study.fingerprints(stages, p)
+    assert after_c["00_a"] == before["00_a"] and after_c["10_c"] != before["10_c"]  # 00_a does not run cmrlib.c
+    files["cmrlib.sub.b"].write_text("B = 2\n")  # imported inside a function of cmrlib.a
+    after_b = study.fingerprints(stages, p)
+    assert after_b["00_a"] != after_c["00_a"] and after_b["10_c"] != after_c["10_c"]  # and downstream by the chain
 
 
 @pytest.mark.parametrize("at_once", [3, 1])

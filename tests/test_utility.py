@@ -305,7 +305,7 @@ def test_every_run_of_the_stage_is_planned_once_for_the_one_pool(tiny_run):
     parts = [utility.plan(p, splits, ["ddpm"]), utility.step_runs(p, paths, splits, ["ddpm"]),
              utility.budget_runs(p, splits, ["ddpm"]), utility.mask_source_runs(p, splits, ["ddpm"])]
     runs = utility.all_runs(p, paths, splits, ["ddpm"])
-    assert len(runs) == len(set(runs)) and set(runs) == set().union(*parts)
+    assert len({r.name for r in runs}) == len(runs) and set(runs) == set().union(*parts)  # one job per folder
     assert [r.name for r in runs[len(parts[0]):]] == ["real_none_n2_seed0_budget0.5", "real+synthetic_ddpm_n2_seed0_budget0.5",
                                                       "real+synthetic_ddpm_n2_seed0_masks-oracle"]  # the rest: runs of the grid
     assert not parts[1]  # no generator checkpoints in this run: no steps axis
