@@ -74,7 +74,7 @@ def test_a_notebooks_progress_streams_to_the_terminal_while_it_runs(tmp_path, ca
 def test_a_publishing_run_copies_its_paper_and_executed_notebooks_with_repository_paths_relative(tmp_path, capsys):
     folder = tmp_path / "nbs"
     make_notebook(folder, "00_one", "from cmrlib.paths import project_root\nprint(project_root() / 'paper')")
-    make_notebook(folder, "10_two", "from pathlib import Path\n(Path(run_dir) / 'paper' / 'paper.md').write_text('the paper')")
+    make_notebook(folder, "10_two", "from pathlib import Path\nfrom cmrlib.paths import RunPaths\n(RunPaths(Path(run_dir)).paper / 'paper.md').write_text('the paper')")
     publish = tmp_path / "pub"
     (publish / "notebooks").mkdir(parents=True)
     (publish / "notebooks" / "05_gone.ipynb").write_text("{}")  # a stage the run no longer has
