@@ -83,9 +83,9 @@ def white_box(params: StudyParams, model, positive: SliceSet, negative: SliceSet
 
 @dataclass
 class _Control:
-    """One control that trains a copy of an arm: the copy of ``arm`` that ``name`` trains (on ``train``; its autoencoder on
-    ``autoencoder_train`` when given) and the rows it gives once trained (``attack(model)``); ``train`` None: the
-    control does not apply to the run, and ``attack(None)`` says why."""
+    """One trained control: the copy of ``arm`` that control ``name`` trains (on ``train``; its autoencoder on
+    ``autoencoder_train`` when given) and the rows it gives once trained (``attack(model)``). ``train`` None: the
+    control does not apply to the run, nothing is trained, and ``attack(None)`` says why."""
 
     name: str
     arm: str
@@ -95,7 +95,8 @@ class _Control:
 
 
 def _controls(params: StudyParams, slices: SliceSet, splits: dict, ref: privacy.Reference) -> list[_Control]:
-    """The controls of ``privacy.controls.run`` that apply to this run (``no-signature``: phantom runs only)."""
+    """The controls of ``privacy.controls.run``, in the order of their rows (``no-signature`` trains only on a phantom
+    run; elsewhere its record trains nothing and says why)."""
     c = params.privacy.controls
     out = []
     if "canary" in c.run:
