@@ -144,9 +144,16 @@ def _imported(source: str, module: str, is_package: bool, modules: dict[str, Pat
     return found & set(modules)
 
 
-def stage_modules(notebook: Path) -> list[str]:
-    """The cmrlib modules a notebook's code runs: those its cells import, what they import in turn, and the packages
-    that hold them; sorted."""
+def _import_graph() -> dict[str, set[str]]:
+    """Each cmrlib module -> the cmrlib modules it imports (parsed once for all the stages)."""
+    modules = _package_modules()
+    return {name: _imported(f.read_text(), name, f.name == "__init__.py", modules) for name, f in modules.items()}
+
+
+def stage_modules(notebook: Path, graph: dict[str, set[str]] | None = None) -> list[str]:
+    """The cmrlib modules a notebook's code runs: those its cells import, what they import in turn (``graph``, else
+    parsed now), and the packages that hold them; sorted."""
+    graph = _import_graph() if graph is None else graph
     modules = _package_modules()
     cells = json.loads(notebook.read_text()).get("cells", [])
     code = "\n".join("".join(c.get("source", "")) for c in cells if c.get("cell_type") == "code")
@@ -159,7 +166,7 @@ def stage_modules(notebook: Path) -> list[str]:
         seen.add(name)
         parts = name.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]
-        todo += _imported(modules[name].read_text(), name, modules[name].name == "__init__.py", modules)
+        todo += graph[name]
     return sorted(seen)
 
 
@@ -174,10 +181,10 @@ def fingerprints(stages: list[Stage], params: params_mod.StudyParams) -> dict[st
     (:func:`stage_modules`: a change to the paper's code re-runs the paper alone) and the previous stage's
     fingerprint, chained so that a change upstream re-runs everything after it."""
     out, previous, sources = {}, "", {}
-    base = _sha(params.digest(), __version__)
+    base, graph = _sha(params.digest(), __version__), _import_graph()
     for stage in stages:
         if stage.notebook not in sources:
-            sources[stage.notebook] = source_digest(stage_modules(stage.notebook))
+            sources[stage.notebook] = source_digest(stage_modules(stage.notebook, graph))
         previous = out[stage.name] = _sha(base, stage.name, stage.notebook.read_bytes(), sources[stage.notebook], previous)
     return out
 
